@@ -1,0 +1,28 @@
+# Two commands on a fresh machine (Python 3.11 + Debian packages):
+#   make dev    run the broker wired to its embedded Entra emulator
+#   make test   run the whole test suite (lint, types, tests)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/agent-token-broker dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check broker tests loadtests
+	$(BIN)/mypy
+
+test: lint
+	./scripts/run-tests $(BIN)/python
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

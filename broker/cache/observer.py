@@ -1,0 +1,46 @@
+"""Hooks the cache calls so metrics can count what it does (no Prometheus here)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["CacheObserver", "NullObserver"]
+
+
+class CacheObserver(Protocol):
+    """Receives cache events. Calls are synchronous and must be cheap.
+
+    * ``lookup(result)``: once per ``get()`` call, and once per ``peek()`` hit
+      (a ``peek()`` miss is followed by a ``get()``, which counts it).
+      ``"hit" | "miss" | "stale" | "coalesced" | "negative"``.
+    * ``refresh(outcome)``: once per finished acquisition and per idle skip.
+      ``"success" | "transient_error" | "definitive_error" | "skipped_idle"``.
+    * ``evicted(reason, count)``: ``"lru" | "revoked" | "expired" | "admin"``.
+    * ``entries(count)``: number of keys after a change.
+    """
+
+    def lookup(self, result: str) -> None: ...
+
+    def refresh(self, outcome: str) -> None: ...
+
+    def evicted(self, reason: str, count: int) -> None: ...
+
+    def entries(self, count: int) -> None: ...
+
+
+class NullObserver:
+    """Observer that ignores everything."""
+
+    __slots__ = ()
+
+    def lookup(self, result: str) -> None:
+        pass
+
+    def refresh(self, outcome: str) -> None:
+        pass
+
+    def evicted(self, reason: str, count: int) -> None:
+        pass
+
+    def entries(self, count: int) -> None:
+        pass

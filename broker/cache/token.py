@@ -1,0 +1,103 @@
+"""Value types shared by the cache and the acquire functions it calls.
+
+The cache knows nothing of Entra: an acquire function is any
+``async () -> CachedToken`` that raises :class:`AcquireError` on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["AcquireError", "CachedToken"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    """An access token and its times, all on the cache's clock (epoch seconds).
+
+    ``value`` is the secret: it is never part of ``repr()``/``str()``.
+    ``refresh_at`` is the server's ``refresh_in`` hint turned into an epoch time.
+    ``meta`` holds non-secret facts (``token_type``, ``scope``...).
+    """
+
+    value: str
+    expires_at: float
+    acquired_at: float
+    refresh_at: float | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds between acquisition and expiry (never negative)."""
+        return max(0.0, self.expires_at - self.acquired_at)
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedToken(value=<redacted {len(self.value)} chars>, expires_at={self.expires_at!r}, "
+            f"acquired_at={self.acquired_at!r}, refresh_at={self.refresh_at!r}, meta={dict(self.meta)!r})"
+        )
+
+    __str__ = __repr__
+
+
+class AcquireError(Exception):
+    """Raised by acquire functions; the message must be safe to show (no tokens).
+
+    Args:
+        message: human-readable, safe text (goes into problem+json ``detail``).
+        transient: ``True`` for timeouts, connection errors, 5xx and 429: the
+            cache rides these out from a still-valid cached token (static
+            stability) and retries in the background. ``False`` for definitive
+            refusals: the key and every entry tagged with any of ``evict_tags``
+            are evicted and the error goes to the caller.
+        retry_after: seconds the upstream asked us to wait (``Retry-After``);
+            the cache remembers the failure that long (capped by policy).
+        evict_tags: tags whose entries a definitive error evicts (e.g. the agent
+            identity or the blueprint).
+        status: upstream HTTP status, if any.
+        error_code: upstream error code (e.g. ``AADSTS700016``), if any.
+        correlation_id: upstream correlation id, if any.
+        payload: extra safe fields for the edge (never tokens or secrets).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+        evict_tags: frozenset[str] = frozenset(),
+        status: int | None = None,
+        error_code: str | None = None,
+        correlation_id: str | None = None,
+        payload: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.retry_after = retry_after
+        self.evict_tags = frozenset(evict_tags)
+        self.status = status
+        self.error_code = error_code
+        self.correlation_id = correlation_id
+        self.payload: Mapping[str, object] = dict(payload) if payload else {}
+
+    def with_retry_after(self, retry_after: float | None) -> AcquireError:
+        """A shallow copy of this error whose ``retry_after`` is replaced."""
+        return AcquireError(
+            self.message,
+            transient=self.transient,
+            retry_after=retry_after,
+            evict_tags=self.evict_tags,
+            status=self.status,
+            error_code=self.error_code,
+            correlation_id=self.correlation_id,
+            payload=self.payload,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AcquireError({self.message!r}, transient={self.transient!r}, "
+            f"retry_after={self.retry_after!r}, status={self.status!r}, error_code={self.error_code!r})"
+        )

@@ -1,0 +1,155 @@
+"""The ``Broker``, ``Logging`` and ``Kestrel`` sections, and the listener precedence."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from broker.settings.listen import ListenError, parse_listen, parse_listen_list
+from broker.settings.model import (
+    DEFAULT_LISTEN,
+    DEFAULT_OPS_LISTEN,
+    CacheConfig,
+    Listen,
+    Secret,
+    UpstreamConfig,
+)
+from broker.settings.reader import Section, indexed_children
+from broker.settings.tree import URLS_VARIABLE, Node
+
+LOG_LEVELS: Mapping[str, str] = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "information": "INFO",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+    "none": "CRITICAL",
+}
+_DAY = 86400.0
+
+
+def read_cache(section: Section) -> CacheConfig:
+    d = CacheConfig()
+    min_remaining = section.get_float("MinRemainingSeconds", d.min_remaining_seconds, 0, _DAY)
+    stale_floor = section.get_float("StaleFloorSeconds", d.stale_floor_seconds, 0, _DAY)
+    if stale_floor > min_remaining:
+        section.problems.error(
+            section.key("StaleFloorSeconds"),
+            f"must not exceed MinRemainingSeconds ({min_remaining:g}), got {stale_floor:g}",
+        )
+    base = section.get_float("BackoffBaseSeconds", d.backoff_base_seconds, 0, 3600, low_open=True)
+    cap = section.get_float("BackoffCapSeconds", d.backoff_cap_seconds, 0, _DAY, low_open=True)
+    if cap < base:
+        section.problems.error(
+            section.key("BackoffCapSeconds"), f"must be at least BackoffBaseSeconds ({base:g}), got {cap:g}"
+        )
+    admin = section.get_str("AdminSecret")
+    config = CacheConfig(
+        min_remaining_seconds=min_remaining,
+        stale_floor_seconds=stale_floor,
+        refresh_fraction=section.get_float("RefreshFraction", d.refresh_fraction, 0, 1, low_open=True),
+        jitter_fraction=section.get_float("JitterFraction", d.jitter_fraction, 0, 0.5),
+        stale_wait_seconds=section.get_float("StaleWaitSeconds", d.stale_wait_seconds, 0, 60),
+        backoff_base_seconds=base,
+        backoff_cap_seconds=cap,
+        negative_ttl_seconds=section.get_float("NegativeTtlSeconds", d.negative_ttl_seconds, 0, 3600),
+        retry_after_cap_seconds=section.get_float("RetryAfterCapSeconds", d.retry_after_cap_seconds, 0, _DAY),
+        force_refresh_min_interval_seconds=section.get_float(
+            "ForceRefreshMinIntervalSeconds", d.force_refresh_min_interval_seconds, 0, 3600
+        ),
+        max_entries=section.get_int("MaxEntries", d.max_entries, 1, 100_000_000),
+        max_agent_clients=section.get_int("MaxAgentClients", d.max_agent_clients, 1, 10_000_000),
+        admin_secret=Secret(admin) if admin else None,
+    )
+    if admin is not None and len(admin) < 16:
+        section.problems.error(section.key("AdminSecret"), "must be at least 16 characters long")
+    section.check_unknown()
+    return config
+
+
+def read_upstream(section: Section) -> UpstreamConfig:
+    d = UpstreamConfig()
+    config = UpstreamConfig(
+        max_concurrency=section.get_int("MaxConcurrency", d.max_concurrency, 1, 1024),
+        connect_timeout_seconds=section.get_float(
+            "ConnectTimeoutSeconds", d.connect_timeout_seconds, 0, 300, low_open=True
+        ),
+        read_timeout_seconds=section.get_float(
+            "ReadTimeoutSeconds", d.read_timeout_seconds, 0, 600, low_open=True
+        ),
+    )
+    section.check_unknown()
+    return config
+
+
+def read_log_level(section: Section) -> str:
+    """``Logging__LogLevel__Default``; every other ``Logging`` key is accepted and ignored."""
+    level = section.sub("LogLevel").get_str("Default")
+    if level is None:
+        return "INFO"
+    mapped = LOG_LEVELS.get(level.lower())
+    if mapped is None:
+        section.problems.error(
+            section.key("LogLevel__Default"),
+            f"unknown level {level!r}; expected Trace, Debug, Information, Warning, Error, Critical or None",
+        )
+        return "INFO"
+    return mapped
+
+
+def read_listeners(broker: Section, kestrel: Section, root: Node) -> tuple[tuple[Listen, ...], Listen | None]:
+    """API listeners (Broker__Listen > Kestrel__Endpoints__*__Url > ASPNETCORE_URLS) and the ops listener."""
+    problems = broker.problems
+    listeners: list[Listen] = []
+    endpoints = kestrel.sub("Endpoints")
+    kestrel_items: list[tuple[str, str]] = []
+    for name in endpoints.names():
+        endpoint = endpoints.sub(name)
+        url = endpoint.get_str("Url")
+        if url is not None:
+            kestrel_items.append((endpoint.key("Url"), url))
+        endpoint.check_unknown()
+    endpoints.check_unknown()
+    listen_node = broker.node.child("Listen") if broker.node else None
+    broker.raw("Listen")
+    if listen_node is not None and (listen_node.children or (listen_node.value or "").strip()):
+        items = (
+            [(c.path, c.value or "") for _, c in indexed_children(listen_node, listen_node.path, problems)]
+            if listen_node.children
+            else [(listen_node.path, listen_node.value or "")]
+        )
+        listeners = _parse_all(items, broker)
+    elif kestrel_items:
+        listeners = _parse_all(kestrel_items, broker)
+    else:
+        urls = root.child(URLS_VARIABLE)
+        if urls is not None and (urls.value or "").strip():
+            listeners = _parse_all([(URLS_VARIABLE, urls.value or "")], broker)
+    kestrel.check_unknown()
+    ops: Listen | None = DEFAULT_OPS_LISTEN
+    ops_value = broker.raw("OpsListen")
+    if ops_value is not None:
+        if ops_value.strip().lower() in ("", "off", "none", "false"):
+            ops = None
+        else:
+            try:
+                ops, _ = parse_listen(ops_value)
+            except ListenError as exc:
+                problems.error(broker.key("OpsListen"), str(exc))
+    return tuple(listeners) or (DEFAULT_LISTEN,), ops
+
+
+def _parse_all(items: list[tuple[str, str]], section: Section) -> list[Listen]:
+    result: list[Listen] = []
+    for key, value in items:
+        try:
+            listeners, warnings = parse_listen_list(value)
+        except ListenError as exc:
+            section.problems.error(key, str(exc))
+            continue
+        result.extend(listeners)
+        for warning in warnings:
+            section.problems.warn(key, warning)
+    return result

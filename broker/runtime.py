@@ -1,0 +1,120 @@
+"""Composition root: builds the broker's parts from :class:`Settings` and owns their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from broker.cache.engine import TokenCache
+from broker.cache.policy import CachePolicy
+from broker.credentials import build_sources
+from broker.entra.http import UpstreamHttp, trust_bundle
+from broker.entra.legs import EntraLegs
+from broker.settings import DownstreamApiConfig, Settings
+from broker.tokens import TokenService
+from broker.validation import InboundValidator
+
+log = logging.getLogger("broker")
+
+
+def cache_policy(settings: Settings) -> CachePolicy:
+    c = settings.cache
+    return CachePolicy(
+        min_remaining=c.min_remaining_seconds,
+        stale_floor=c.stale_floor_seconds,
+        refresh_fraction=c.refresh_fraction,
+        jitter_fraction=c.jitter_fraction,
+        stale_wait=c.stale_wait_seconds,
+        backoff_base=c.backoff_base_seconds,
+        backoff_cap=c.backoff_cap_seconds,
+        negative_ttl=c.negative_ttl_seconds,
+        retry_after_cap=c.retry_after_cap_seconds,
+        force_refresh_min_interval=c.force_refresh_min_interval_seconds,
+        max_entries=c.max_entries,
+    )
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    """TLS trust for aiohttp clients, following ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` like MSAL does."""
+    bundle = trust_bundle()
+    if isinstance(bundle, str):
+        return ssl.create_default_context(cafile=bundle)
+    return ssl.create_default_context()
+
+
+@dataclass
+class Runtime:
+    """Everything a running broker holds; reachable from the aiohttp apps via ``RUNTIME``."""
+
+    settings: Settings
+    legs: EntraLegs
+    cache: TokenCache
+    tokens: TokenService
+    validator: InboundValidator
+    session: aiohttp.ClientSession
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    readiness_detail: str = "starting"
+
+    def downstream_api(self, name: str) -> DownstreamApiConfig | None:
+        return self.settings.downstream_apis.get(name)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Runtime:
+        ad = settings.azure_ad
+        up = settings.upstream
+        http = UpstreamHttp(
+            connect_timeout=up.connect_timeout_seconds,
+            read_timeout=up.read_timeout_seconds,
+            pool_size=up.max_concurrency,
+        )
+        sources = build_sources(ad, http_session=http.session)
+        legs = EntraLegs(
+            blueprint_id=ad.client_id,
+            tenant_id=ad.tenant_id,
+            instance=ad.instance,
+            sources=sources,
+            http=http,
+            max_workers=up.max_concurrency,
+            max_agent_apps=settings.cache.max_agent_clients,
+        )
+        cache = TokenCache(cache_policy(settings))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_ssl_context(), limit=16),
+            timeout=aiohttp.ClientTimeout(total=up.read_timeout_seconds, connect=up.connect_timeout_seconds),
+        )
+        validator = InboundValidator(
+            authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=session
+        )
+        return cls(
+            settings=settings, legs=legs, cache=cache, tokens=TokenService(legs, cache),
+            validator=validator, session=session,
+        )
+
+    async def warm_up(self) -> None:
+        """Readiness: a credential produced an assertion and the authority answered (retried until so)."""
+        delay = 1.0
+        while True:
+            problem = await self.legs.warm_up()
+            if problem is None:
+                try:
+                    await self.validator.prefetch()
+                except Exception as exc:
+                    problem = f"authority signing keys unavailable ({type(exc).__name__})"
+            if problem is None:
+                self.readiness_detail = "ready"
+                self.ready_event.set()
+                log.info("broker ready: blueprint credential and authority OK")
+                return
+            self.readiness_detail = problem
+            log.warning("not ready yet: %s (retrying in %.0fs)", problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def close(self) -> None:
+        await self.cache.aclose()
+        await self.session.close()
+        self.legs.close()

@@ -42,7 +42,7 @@ def parse_header(raw_token: object) -> str:
 
     Rejects non-strings, tokens over 16 KiB, anything that is not three
     base64url segments, a header that is not a JSON object, any ``alg`` other
-    than RS256 and a missing ``kid``.
+    than RS256, ``crit``/``b64`` headers and a missing ``kid``.
     """
     if not isinstance(raw_token, str) or len(raw_token) > MAX_TOKEN_BYTES:
         raise InvalidToken(e.MALFORMED)
@@ -53,6 +53,9 @@ def parse_header(raw_token: object) -> str:
         raise InvalidToken(e.MALFORMED)
     if header.get("alg") != ALLOWED_ALGORITHM:
         raise InvalidToken(e.ALG_NOT_ALLOWED)
+    # Entra never sends critical extensions (e.g. RFC 7797 "b64"); refuse them all.
+    if "crit" in header or "b64" in header:
+        raise InvalidToken(e.MALFORMED)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidToken(e.UNKNOWN_KEY)

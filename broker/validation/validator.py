@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,17 @@ from broker.validation.keystore import KeyStore
 log = logging.getLogger(__name__)
 
 ENTRA_PUBLIC_HOST = "login.microsoftonline.com"
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def _tenant_guid(issuer: str, configured: str) -> str:
+    """The tenant GUID named by the metadata issuer, else the configured tenant.
+
+    Lets ``tenant_id`` be a domain (``contoso.onmicrosoft.com``): Entra's metadata
+    for a domain authority names the tenant's GUID, which is what tokens carry.
+    """
+    first = urlsplit(issuer).path.strip("/").split("/", 1)[0]
+    return first if _GUID.fullmatch(first) else configured
 
 
 def _metadata_url(authority: str) -> str:
@@ -34,7 +46,8 @@ class InboundValidator:
         authority: ``https://login.microsoftonline.com/<tenant>`` (or the emulator's
             URL). Metadata comes from ``{authority}/v2.0/.well-known/openid-configuration``.
             The scheme is not enforced: TLS trust and scheme are the caller's choice.
-        tenant_id: replaces ``{tenantid}`` in the metadata issuer; ``tid`` must match it.
+        tenant_id: replaces ``{tenantid}`` in the metadata issuer; ``tid`` must match it
+            (or the GUID the metadata issuer names, when ``tenant_id`` is a domain).
         audiences: accepted ``aud`` values (at least one).
         session: aiohttp session used for metadata and JWKS (caller configures TLS).
         leeway: clock skew in seconds allowed on ``exp``, ``nbf`` and ``iat``.
@@ -74,7 +87,10 @@ class InboundValidator:
         self._required_roles = tuple(required_roles)
         self._clock = clock
         host = (urlsplit(authority).hostname or "").lower()
-        self._v1_issuer = f"https://sts.windows.net/{tenant_id}/" if host == ENTRA_PUBLIC_HOST else None
+        self._accept_v1 = host == ENTRA_PUBLIC_HOST
+        self._issuers_for: str | None = None  # metadata issuer the two fields below derive from
+        self._tenant_guid = tenant_id
+        self._v1_issuer: str | None = None
         self._store = KeyStore(
             metadata_url=_metadata_url(authority),
             tenant_id=tenant_id,
@@ -120,10 +136,15 @@ class InboundValidator:
                 raise InvalidToken(e.UNKNOWN_KEY)
         claims = checks.verify_signature(raw_token, signing_key.key)
         checks.check_lifetime(claims, now=self._clock(), leeway=self._leeway)
+        v2_issuer = self._store.metadata.issuer
+        if v2_issuer != self._issuers_for:
+            self._tenant_guid = _tenant_guid(v2_issuer, self._tenant_id)
+            self._v1_issuer = f"https://sts.windows.net/{self._tenant_guid}/" if self._accept_v1 else None
+            self._issuers_for = v2_issuer
         checks.check_issuer(
             claims,
-            tenant_id=self._tenant_id,
-            v2_issuer=self._store.metadata.issuer,
+            tenant_id=self._tenant_guid,
+            v2_issuer=v2_issuer,
             v1_issuer=self._v1_issuer,
             key_issuer=signing_key.issuer,
         )

@@ -329,6 +329,23 @@ async def test_v1_issuer_accepted_only_for_entra_host(
         assert (await rejected(v, mixed)).reason == "wrong issuer"
 
 
+async def test_domain_tenant_id_uses_guid_from_metadata_issuer(
+    server: tuple[FakeAuthority, TestServer], clock: FakeClock
+) -> None:
+    server[0].issuer = V2_ISSUER  # Entra answers a domain authority with the GUID issuer
+    connector = aiohttp.TCPConnector(resolver=_LoopbackResolver())
+    async with aiohttp.ClientSession(connector=connector) as entra_session:
+        v = InboundValidator(
+            authority=f"http://login.microsoftonline.com:{server[1].port}/contoso.onmicrosoft.com",
+            tenant_id="contoso.onmicrosoft.com", audiences=[CLIENT_ID], session=entra_session, clock=clock,
+        )
+        assert (await asyncio.wait_for(v.validate(sign(rsa_key("a"), "kid-a")), WAIT))["tid"] == TENANT
+        v1 = sign(rsa_key("a"), "kid-a", ver="1.0", iss=V1_ISSUER)
+        assert (await v.validate(v1))["iss"] == V1_ISSUER
+        other = sign(rsa_key("a"), "kid-a", tid="00000000-0000-0000-0000-000000000000")
+        assert (await rejected(v, other)).reason == "wrong issuer"
+
+
 async def test_signing_key_scoped_to_another_tenant_rejected(
     validator: InboundValidator, authority: FakeAuthority
 ) -> None:
@@ -493,9 +510,11 @@ async def test_key_rotation_validates_after_one_refetch(
     await validator.validate(new)
     await validator.validate(old)
     assert authority.jwks_fetches == 2
-    # Old key retired: tokens signed by it are now unknown (after the next allowed refetch).
+    # Retiring the old key upstream does not cause a fetch per token: it stays cached
+    # until the next scheduled refresh (metadata_ttl).
     authority.jwks = [jwk_of(rsa_key("b"), "kid-b")]
-    assert (await validator.validate(old))["sub"] == "user-sub"  # still cached
+    assert (await validator.validate(old))["sub"] == "user-sub"
+    assert authority.jwks_fetches == 2
 
 
 async def test_rotation_inside_interval_waits_for_next_interval(

@@ -121,12 +121,31 @@ class TokenCache:
             forced_at = entry.forced_at
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
                 return await self._forced(entry, now)
+            if entry.inflight is not None:  # rate-limited: share the refresh already running
+                self._lookup("coalesced")
+                return await asyncio.shield(entry.inflight)
         token = entry.token
         if token is not None and now < entry.fresh_until:
             entry.used = True
             self._lookup("hit")
             return token
         return await self._slow_get(entry, now)
+
+    def put(
+        self, key: Hashable, token: CachedToken, acquire: Acquire, *, tags: frozenset[str] = _EMPTY
+    ) -> None:
+        """Store a token obtained elsewhere (warm-up, shared cache) as if just acquired.
+
+        Must be called with the event loop running (it arms the refresh timer).
+        """
+        entry = self._lru.quiet_get(key)
+        if entry is None:
+            entry = self._insert(key, acquire, tags)
+        else:
+            entry.acquire = acquire
+            if tags and not tags <= entry.tags:
+                self._add_tags(entry, tags)
+        self._on_success(entry, token, count=False)
 
     # ----------------------------------------------------------------- slow path
     async def _forced(self, entry: KeyEntry, now: float) -> CachedToken:
@@ -221,8 +240,9 @@ class TokenCache:
         if entry.inflight is me:
             entry.inflight = None
 
-    def _on_success(self, entry: KeyEntry, token: CachedToken) -> None:
-        self._obs.refresh("success")
+    def _on_success(self, entry: KeyEntry, token: CachedToken, *, count: bool = True) -> None:
+        if count:
+            self._obs.refresh("success")
         entry.clear_failure()
         if not entry.alive:
             return

@@ -27,3 +27,14 @@ WORKLOAD_SUBJECT = "system:serviceaccount:agents:agent-sa"
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 DEMO_API_RESOURCE = "api://demo-downstream"
+
+# --- added by the emulator (data only) ---
+DEMO_API_APP_ID = "e1e1e1e1-0001-4b2c-9d3e-4f5a6b7c8d91"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+TOKEN_EXCHANGE_APP_ID = "fb60f99c-7a34-4190-8149-302f77469936"
+TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
+TOKEN_EXCHANGE_RESOURCE = "api://AzureADTokenExchange"
+BLUEPRINT_SP_OID = "3b6e9d21-0000-4c7e-b152-6f0a9e3d7c59"
+BLUEPRINT_SCOPE = "access_agent"
+PFX_PASSWORD = "demo-pfx-password"
+KUBERNETES_ISSUER = "https://kubernetes.emulator.local/oidc"

@@ -1,0 +1,3 @@
+from broker.emulator.cli import main
+
+raise SystemExit(main())

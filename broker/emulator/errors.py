@@ -1,0 +1,53 @@
+"""Entra-shaped errors: ``EntraError`` (a value raised inside the grant logic)
+and the JSON body Entra returns for it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+
+class EntraError(Exception):
+    """A token-endpoint refusal. Never carries secrets or tokens."""
+
+    def __init__(self, code: int, error: str, description: str, status: int = 400) -> None:
+        super().__init__(f"AADSTS{code}: {description}")
+        self.code = code
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+def invalid_client(code: int, description: str) -> EntraError:
+    return EntraError(code, "invalid_client", description, 401)
+
+
+def invalid_grant(code: int, description: str) -> EntraError:
+    return EntraError(code, "invalid_grant", description)
+
+
+def invalid_request(code: int, description: str) -> EntraError:
+    return EntraError(code, "invalid_request", description)
+
+
+def missing_param(name: str) -> EntraError:
+    return invalid_request(900144, f"The request body must contain the following parameter: '{name}'.")
+
+
+def error_body(err: EntraError, base_url: str, correlation_id: str | None) -> dict[str, Any]:
+    trace_id = str(uuid.uuid4())
+    correlation = correlation_id or str(uuid.uuid4())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+    return {
+        "error": err.error,
+        "error_description": (
+            f"AADSTS{err.code}: {err.description} Trace ID: {trace_id} "
+            f"Correlation ID: {correlation} Timestamp: {stamp}"
+        ),
+        "error_codes": [err.code],
+        "timestamp": stamp,
+        "trace_id": trace_id,
+        "correlation_id": correlation,
+        "error_uri": f"{base_url}/error?code={err.code}",
+    }

@@ -43,6 +43,13 @@ def _decode(token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
     )
 
 
+def _thumb(value: Any) -> str | None:
+    """Normalise a base64(url) thumbprint: MSAL pads it with '='."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value.rstrip("=").replace("+", "-").replace("/", "_")
+
+
 def verify_certificate_assertion(token: str, blueprint: Blueprint, token_endpoints: Iterable[str]) -> str:
     """Validate a certificate-signed client assertion for ``blueprint``.
 
@@ -54,7 +61,7 @@ def verify_certificate_assertion(token: str, blueprint: Blueprint, token_endpoin
     alg = header.get("alg")
     if alg not in ("PS256", "RS256"):
         raise invalid_client(700027, f"Client assertion uses unsupported algorithm '{alg}'.")
-    s256, sha1 = header.get("x5t#S256"), header.get("x5t")
+    s256, sha1 = _thumb(header.get("x5t#S256")), _thumb(header.get("x5t"))
     if alg == "PS256" and not s256:
         raise invalid_client(700027, "Client assertion signed with PS256 must carry 'x5t#S256'.")
     cert = None

@@ -97,10 +97,12 @@ class TokenCache:
             acquire: called (at most once at a time per key) to get a new token;
                 stored with the entry for background refreshes (latest wins).
             tags: group names for revocation (e.g. agent id, blueprint id).
-            force_refresh: bypass the cached token and the negative cache; at
-                most once per ``force_refresh_min_interval`` per key, after which
-                it behaves as a plain ``get`` (serving the token the previous
-                forced refresh obtained).
+            force_refresh: bypass the cached token and the negative cache (a
+                claims challenge or ForceRefresh). Joins an acquisition already
+                in flight. Rate-limited per key: within
+                ``force_refresh_min_interval`` of the previous forced refresh it
+                behaves as a plain ``get`` (serving the token that refresh got).
+                A forced refresh that fails is raised even if a token is cached.
 
         Raises:
             AcquireError: the acquisition failed and no servable token is cached
@@ -336,6 +338,8 @@ class TokenCache:
             return None
         if entry.inflight is not None:
             return entry.inflight
+        if entry.failures:
+            entry.used = False  # keep retrying only while requests still want this key
         return self._start(entry)
 
     def _expire_if_empty(self, entry: KeyEntry, now: float) -> None:

@@ -34,6 +34,7 @@ async def test_static_stability_backoff_growth_cap_and_single_call_on_recovery()
     assert await cache.run_due_refreshes() == 1
     delays = []
     for _ in range(8):
+        assert await cache.get("k", up) is first  # still in demand, served from cache
         due = cache.due_times()["k"]
         delays.append(due - clock())
         clock.set(due)
@@ -66,10 +67,28 @@ async def test_backoff_uses_full_jitter() -> None:
     delays = []
     for _ in range(8):
         await cache.run_due_refreshes()
+        cache.peek("k")
         due = cache.due_times()["k"]
         delays.append(due - clock())
         clock.set(due)
     assert delays == [0.25, 0.5, 1, 2, 4, 8, 15, 15]
+    await cache.aclose()
+
+
+async def test_retries_stop_when_nobody_asks_for_the_key() -> None:
+    cache, clock, up, obs = make()
+    token = await cache.get("k", up)
+    cache.peek("k")
+    up.fail = FakeUpstream.transient()
+    clock.set(cache.due_times()["k"])
+    await cache.run_due_refreshes()  # refresh fails
+    clock.set(cache.due_times()["k"])
+    await cache.run_due_refreshes()  # first retry (the key was used before the outage)
+    calls = up.calls
+    clock.set(cache.due_times()["k"])
+    await cache.run_due_refreshes()  # unused since: no more upstream calls
+    assert up.calls == calls and obs.refreshes["skipped_idle"] == 1
+    assert cache.due_times()["k"] == token.expires_at  # ages out
     await cache.aclose()
 
 

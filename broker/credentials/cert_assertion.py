@@ -12,6 +12,7 @@ request with ``{"client_id", "token_endpoint", ...}``; the signed JWT is reused 
 from __future__ import annotations
 
 import base64
+import inspect
 import threading
 import time
 import uuid
@@ -29,7 +30,20 @@ REUSE_SECONDS = 540
 
 
 class CertificateAssertion:
-    """A callable ``client_assertion`` for MSAL: ``assertion(context) -> JWT``."""
+    """A callable ``client_assertion`` for MSAL: ``assertion(context) -> JWT``.
+
+    MSAL passes a context only to callables whose signature has a required positional
+    parameter, so ``__signature__`` declares one; called with no argument (a readiness
+    check), the assertion is made for ``default_audience``.
+    """
+
+    __signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                "context", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Mapping[str, Any]"
+            )
+        ]
+    )
 
     def __init__(
         self,
@@ -37,11 +51,13 @@ class CertificateAssertion:
         *,
         client_id: str,
         send_x5c: bool = False,
+        default_audience: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = certificate.key
         self._client_id = client_id
         self._clock = clock
+        self._default_audience = default_audience
         # MSAL's encoding of the thumbprint (base64url with padding) so Entra sees what MSAL sends.
         self._headers: dict[str, Any] = {
             "x5t#S256": base64.urlsafe_b64encode(certificate.sha256_thumbprint).decode()
@@ -54,8 +70,9 @@ class CertificateAssertion:
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, context: Mapping[str, Any]) -> str:
-        audience = str(context.get("token_endpoint") or "")
+    def __call__(self, context: Mapping[str, Any] | None = None) -> str:
+        context = context or {}
+        audience = str(context.get("token_endpoint") or self._default_audience or "")
         if not audience:
             raise CredentialError("cannot sign a client assertion: MSAL gave no token endpoint")
         client_id = str(context.get("client_id") or self._client_id)

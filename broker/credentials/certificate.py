@@ -30,6 +30,7 @@ class CertificateSource(CredentialSource):
         password: Secret | None = None,
         key_path: str | None = None,
         send_x5c: bool = False,
+        default_audience: str | None = None,
     ) -> None:
         self.index = index
         self.path = path
@@ -38,6 +39,7 @@ class CertificateSource(CredentialSource):
         self._password = password
         self._send_x5c = send_x5c
         self._format: str | None = None
+        self._default_audience = default_audience
 
     def describe(self) -> str:
         fmt = self._format or ("PFX" if self.path.lower().endswith((".pfx", ".p12")) else "PEM or PFX")
@@ -66,7 +68,10 @@ class CertificateSource(CredentialSource):
         loaded = self.load()
         return {
             "client_assertion": CertificateAssertion(
-                loaded, client_id=self._client_id, send_x5c=self._send_x5c
+                loaded,
+                client_id=self._client_id,
+                send_x5c=self._send_x5c,
+                default_audience=self._default_audience,
             )
         }
 

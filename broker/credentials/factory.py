@@ -44,6 +44,7 @@ def build_sources(
                     password=cred.certificate_password,
                     key_path=cred.private_key_disk_path,
                     send_x5c=cred.send_x5c,
+                    default_audience=azure_ad.authority + "/oauth2/v2.0/token",
                 )
             )
         elif cred.source_type == "SignedAssertionFilePath":

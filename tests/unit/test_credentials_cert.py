@@ -217,6 +217,20 @@ def test_signed_assertion_is_reused_per_endpoint(tmp_path: Path, mat: Material) 
     assert other != first and jwt.decode(other, options={"verify_signature": False})["aud"] == ENDPOINT + "x"
     with pytest.raises(CredentialError, match="no token endpoint"):
         assertion({"client_id": CLIENT})
+    with pytest.raises(CredentialError, match="no token endpoint"):
+        assertion()
+
+
+def test_msal_sees_a_context_callable_and_zero_arg_calls_use_the_default_audience(
+    tmp_path: Path, mat: Material
+) -> None:
+    from msal.oauth2cli.oauth2 import BaseClient
+
+    path = write(tmp_path / "bp.pem", mat.key_pem() + mat.cert_pem())
+    source = CertificateSource(0, str(path), client_id=CLIENT, default_audience=ENDPOINT)
+    assertion = source.client_credential()["client_assertion"]
+    assert BaseClient._accepts_context(assertion) is True
+    check_assertion(assertion(), mat)  # e.g. a readiness check calling it with no argument
 
 
 class RecordingTransport:
@@ -258,7 +272,10 @@ class RecordingTransport:
 
 def test_msal_sends_our_ps256_assertion(tmp_path: Path, mat: Material) -> None:
     path = write(tmp_path / "bp.pfx", mat.pfx(PASSWORD))
-    source = CertificateSource(0, str(path), client_id=CLIENT, password=Secret(PASSWORD))
+    # A wrong default audience proves MSAL's context (the discovered endpoint) is what is used.
+    source = CertificateSource(
+        0, str(path), client_id=CLIENT, password=Secret(PASSWORD), default_audience="https://wrong.example/"
+    )
     transport = RecordingTransport()
     app = msal.ConfidentialClientApplication(
         CLIENT,
@@ -296,3 +313,6 @@ def test_build_sources_in_index_order(tmp_path: Path, mat: Material) -> None:
     assert "dev-secret-value" not in repr(sources) and "dev-secret-value" not in sources[2].describe()
     assert sources[1].describe() == f"SignedAssertionFilePath {tmp_path / 'token'}"
     check_assertion(assertion_of(sources[0]), mat)  # type: ignore[arg-type]
+    zero_arg = sources[0].client_credential()["client_assertion"]()  # type: ignore[index,operator]
+    aud = jwt.decode(zero_arg, options={"verify_signature": False})["aud"]
+    assert aud == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
-from broker.cache.entry import EntryLRU, KeyEntry, TimerKind
+from broker.cache.entry import KeyEntry, TimerKind
 from broker.cache.observer import CacheObserver, NullObserver
 from broker.cache.policy import (
     CachePolicy,
@@ -20,6 +20,7 @@ from broker.cache.policy import (
     retry_delay,
     stale_margin,
 )
+from broker.cache.store import KeyStore
 from broker.cache.token import AcquireError, CachedToken
 
 __all__ = ["TokenCache"]
@@ -54,9 +55,8 @@ class TokenCache:
         self._rand = rand
         self._obs: CacheObserver = observer if observer is not None else NullObserver()
         self._lookup = self._obs.lookup
-        self._lru = EntryLRU(policy.max_entries, self._on_lru_evict)
-        self._tags: dict[str, set[Hashable]] = {}
-        self._timed: dict[Hashable, KeyEntry] = {}
+        self._store = KeyStore(policy.max_entries, self._obs)
+        self._lru = self._store.lru  # hot path: one attribute hop less
         self._tasks: set[asyncio.Task[CachedToken]] = set()
         self._closed = False
 
@@ -114,11 +114,11 @@ class TokenCache:
         try:
             entry = self._lru[key]
         except KeyError:
-            entry = self._insert(key, acquire, tags)
+            entry = self._store.insert(key, acquire, tags)
         else:
             entry.acquire = acquire
             if tags and not tags <= entry.tags:
-                self._add_tags(entry, tags)
+                self._store.add_tags(entry, tags)
         if force_refresh:
             forced_at = entry.forced_at
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
@@ -142,11 +142,11 @@ class TokenCache:
         """
         entry = self._lru.quiet_get(key)
         if entry is None:
-            entry = self._insert(key, acquire, tags)
+            entry = self._store.insert(key, acquire, tags)
         else:
             entry.acquire = acquire
             if tags and not tags <= entry.tags:
-                self._add_tags(entry, tags)
+                self._store.add_tags(entry, tags)
         self._on_success(entry, token, count=False)
 
     # ----------------------------------------------------------------- slow path
@@ -274,16 +274,9 @@ class TokenCache:
             self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
 
     def _revoke(self, entry: KeyEntry, err: AcquireError, now: float) -> None:
-        victims: set[Hashable] = set()
-        for tag in err.evict_tags:
-            victims.update(self._tags.get(tag, ()))
+        victims = self._store.keys_tagged(err.evict_tags)
         victims.discard(entry.key)
-        count = 0
-        for key in victims:
-            other = self._lru.quiet_get(key)
-            if other is not None:
-                count += other.token is not None
-                self._remove(other)
+        removed, count = self._store.remove_keys(victims)
         if entry.token is not None:
             count += 1
         entry.clear_token()
@@ -294,26 +287,19 @@ class TokenCache:
             self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
         if count:
             self._obs.evicted("revoked", count)
-        if victims:
+        if removed:
             self._obs.entries(len(self._lru))
 
     # -------------------------------------------------------------------- timers
     def _schedule(self, entry: KeyEntry, due: float, kind: str) -> None:
-        self._cancel_timer(entry)
+        self._store.cancel_timer(entry)
         if self._closed:
             return
         entry.timer_due = due
         entry.timer_kind = kind
-        self._timed[entry.key] = entry
+        self._store.timed[entry.key] = entry
         delay = max(0.0, due - self._clock())
         entry.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, entry)
-
-    def _cancel_timer(self, entry: KeyEntry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
-        if self._timed.get(entry.key) is entry:
-            del self._timed[entry.key]
 
     def _on_timer(self, entry: KeyEntry) -> None:
         entry.timer = None
@@ -327,7 +313,7 @@ class TokenCache:
         self._fire(entry, now)
 
     def _fire(self, entry: KeyEntry, now: float) -> asyncio.Task[CachedToken] | None:
-        self._cancel_timer(entry)
+        self._store.cancel_timer(entry)
         token = entry.token
         if entry.timer_kind == TimerKind.EXPIRE or token is None or now >= token.expires_at:
             self._expire_if_empty(entry, now)
@@ -352,7 +338,7 @@ class TokenCache:
         if now < entry.neg_until:
             self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
             return
-        self._remove(entry)
+        self._store.remove(entry)
         self._obs.evicted("expired", 1)
         self._obs.entries(len(self._lru))
 
@@ -364,7 +350,7 @@ class TokenCache:
         Returns the number of acquisitions awaited.
         """
         now = self._clock()
-        due = [e for e in list(self._timed.values()) if e.timer_due <= now]
+        due = [e for e in list(self._store.timed.values()) if e.timer_due <= now]
         tasks: list[asyncio.Task[CachedToken]] = []
         for entry in due:
             if entry.alive:
@@ -377,98 +363,51 @@ class TokenCache:
 
     def due_times(self) -> dict[Hashable, float]:
         """Pending timer time per key (for tests and diagnostics)."""
-        return {k: e.timer_due for k, e in self._timed.items()}
+        return {k: e.timer_due for k, e in self._store.timed.items()}
 
-    # ------------------------------------------------------------ map management
-    def _insert(self, key: Hashable, acquire: Acquire, tags: frozenset[str]) -> KeyEntry:
-        entry = KeyEntry(key, acquire, tags)
-        self._lru[key] = entry
-        for tag in tags:
-            self._tags.setdefault(tag, set()).add(key)
-        self._obs.entries(len(self._lru))
-        return entry
-
-    def _add_tags(self, entry: KeyEntry, tags: frozenset[str]) -> None:
-        for tag in tags - entry.tags:
-            self._tags.setdefault(tag, set()).add(entry.key)
-        entry.tags = entry.tags | tags
-
-    def _detach(self, entry: KeyEntry) -> None:
-        """Forget ``entry`` everywhere except the LRU map."""
-        entry.alive = False
-        self._cancel_timer(entry)
-        for tag in entry.tags:
-            keys = self._tags.get(tag)
-            if keys is not None:
-                keys.discard(entry.key)
-                if not keys:
-                    del self._tags[tag]
-
-    def _remove(self, entry: KeyEntry) -> None:
-        if self._lru.quiet_get(entry.key) is entry:
-            del self._lru[entry.key]
-        self._detach(entry)
-
-    def _on_lru_evict(self, entry: KeyEntry) -> None:
-        self._detach(entry)
-        self._obs.evicted("lru", 1)
-
+    # ------------------------------------------------------------------- admin
     def evict(self, key: Hashable) -> bool:
         """Remove ``key`` (admin action). Returns whether it was present."""
         entry = self._lru.quiet_get(key)
         if entry is None:
             return False
-        self._remove(entry)
+        self._store.remove(entry)
         self._obs.evicted("admin", 1)
         self._obs.entries(len(self._lru))
         return True
 
     def evict_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` (admin action). Returns how many."""
-        count = 0
-        for key in list(self._tags.get(tag, ())):
-            entry = self._lru.quiet_get(key)
-            if entry is not None:
-                self._remove(entry)
-                count += 1
-        if count:
-            self._obs.evicted("admin", count)
+        removed, _ = self._store.remove_keys(list(self._store.tags.get(tag, ())))
+        if removed:
+            self._obs.evicted("admin", removed)
             self._obs.entries(len(self._lru))
-        return count
+        return removed
 
     def clear(self) -> int:
         """Remove every entry (admin action). Returns how many."""
-        entries = self._lru.quiet_values()
-        for entry in entries:
-            self._detach(entry)
-        self._lru.clear()
-        self._tags.clear()
-        if entries:
-            self._obs.evicted("admin", len(entries))
+        removed = self._store.clear()
+        if removed:
+            self._obs.evicted("admin", removed)
         self._obs.entries(0)
-        return len(entries)
+        return removed
 
     def __len__(self) -> int:
         return len(self._lru)
 
     def tag_index_size(self) -> int:
         """Number of (tag, key) pairs in the revocation index (for leak checks)."""
-        return sum(len(keys) for keys in self._tags.values())
+        return self._store.tag_index_size()
 
     def next_expiry(self) -> float | None:
         """Earliest ``expires_at`` among entries used since their last acquisition."""
-        best: float | None = None
-        for entry in self._lru.quiet_values():
-            token = entry.token
-            if token is not None and entry.used and (best is None or token.expires_at < best):
-                best = token.expires_at
-        return best
+        return self._store.next_expiry()
 
     async def aclose(self) -> None:
         """Cancel every timer and in-flight acquisition; later gets schedule no timers."""
         self._closed = True
-        for entry in list(self._timed.values()):
-            self._cancel_timer(entry)
+        for entry in list(self._store.timed.values()):
+            self._store.cancel_timer(entry)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -86,9 +86,10 @@ class EmulatorServer:
             await self.emulator.stop()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
+        thread = self._thread
+        if self._loop is not None and self._stop is not None and thread is not None and thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(timeout=15)
+            thread.join(timeout=15)
         self._thread = None
 
     def __enter__(self) -> EmulatorServer:

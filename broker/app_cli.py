@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -18,10 +17,15 @@ from broker.settings import ConfigError, Settings, effective_config, load_settin
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="appsettings.json-style configuration file")
     parser.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=[],
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
         help="set a configuration key (e.g. Broker__Listen=127.0.0.1:5001); repeatable",
     )
-    parser.add_argument("--listen", help="API listener (Broker__Listen), e.g. 127.0.0.1:5000 or unix:/run/b.sock")
+    parser.add_argument(
+        "--listen", help="API listener (Broker__Listen), e.g. 127.0.0.1:5000 or unix:/run/b.sock"
+    )
     parser.add_argument("--ops-listen", help="ops listener (Broker__OpsListen), or 'off'")
     parser.add_argument("--log-level", help="log level (Logging__LogLevel__Default)")
 
@@ -83,7 +87,9 @@ def dev_main(argv: Sequence[str]) -> int:
     )
     _common_args(parser)
     parser.add_argument("--state-dir", help="where the emulator writes its CA and demo certificates")
-    parser.add_argument("--emulator-port", type=int, default=0, help="emulator HTTPS port (default: any free)")
+    parser.add_argument(
+        "--emulator-port", type=int, default=0, help="emulator HTTPS port (default: any free)"
+    )
     args = parser.parse_args(argv)
     from broker.dev import dev_environment, print_instructions
     from broker.emulator.runner import EmulatorServer

@@ -90,8 +90,12 @@ class Runtime:
             authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=session
         )
         return cls(
-            settings=settings, legs=legs, cache=cache, tokens=TokenService(legs, cache),
-            validator=validator, session=session,
+            settings=settings,
+            legs=legs,
+            cache=cache,
+            tokens=TokenService(legs, cache),
+            validator=validator,
+            session=session,
         )
 
     async def warm_up(self) -> None:
@@ -116,5 +120,6 @@ class Runtime:
 
     async def close(self) -> None:
         await self.cache.aclose()
+        await self.validator.aclose()
         await self.session.close()
         self.legs.close()

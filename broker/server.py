@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -33,18 +34,17 @@ async def _start_site(runner: web.AppRunner, listen: Listen) -> str:
         assert listen.path is not None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen.path)
-        site: web.BaseSite = web.UnixSite(runner, listen.path, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        site: web.BaseSite = web.UnixSite(runner, listen.path)
         await site.start()
         os.chmod(listen.path, 0o660)
         return f"unix:{listen.path}"
-    site = web.TCPSite(
-        runner, listen.host, listen.port, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, reuse_address=True
-    )
+    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
     await site.start()
     server = site._server
     port = listen.port
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        port = sockets[0].getsockname()[1]
     host = f"[{listen.host}]" if ":" in (listen.host or "") else listen.host
     return f"http://{host}:{port}"
 
@@ -56,13 +56,13 @@ async def running(settings: Settings, *, wait_ready: float | None = None) -> Asy
     warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
     runners: list[web.AppRunner] = []
     try:
-        api_runner = web.AppRunner(create_api_app(runtime), access_log=None)
+        api_runner = web.AppRunner(create_api_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await api_runner.setup()
         runners.append(api_runner)
         api_urls = [await _start_site(api_runner, listen) for listen in settings.listen]
         ops_url = None
         if settings.ops_listen is not None:
-            ops_runner = web.AppRunner(create_ops_app(runtime), access_log=None)
+            ops_runner = web.AppRunner(create_ops_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
             await ops_runner.setup()
             runners.append(ops_runner)
             ops_url = await _start_site(ops_runner, settings.ops_listen)
@@ -88,11 +88,11 @@ async def serve_forever(settings: Settings) -> None:
         log.info("shutting down")
 
 
-def run(coro_factory: object) -> None:
+def run(main: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine with uvloop when available."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coro_factory)  # type: ignore[arg-type]
+        asyncio.run(main)
         return
-    uvloop.run(coro_factory)
+    uvloop.run(main)

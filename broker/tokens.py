@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from broker.cache.engine import TokenCache
 from broker.cache.keys import token_key
@@ -17,7 +17,7 @@ from broker.cache.token import CachedToken
 from broker.entra.legs import EXCHANGE_SCOPE, EntraLegs, agent_tag, blueprint_tag
 
 
-class Flow(str, Enum):
+class Flow(StrEnum):
     """What kind of token a request asks for."""
 
     AGENT_APP = "agent_app"  # autonomous agent: app-only token of the agent identity
@@ -73,7 +73,9 @@ class TokenService:
             )
         return token.value
 
-    async def agent_exchange_token(self, agent: str, tenant: str, *, correlation_id: str | None = None) -> str:
+    async def agent_exchange_token(
+        self, agent: str, tenant: str, *, correlation_id: str | None = None
+    ) -> str:
         """T2 for ``agent`` (the agent identity's own exchange token), cached."""
         key = token_key("t2", tenant, agent)
         token = self.cache.peek(key)
@@ -131,7 +133,9 @@ class TokenService:
         assert agent is not None
         t1 = await self.exchange_token(agent, tenant, correlation_id=cid)
         if req.flow is Flow.AGENT_APP:
-            return await legs.agent_app_token(agent, t1, scopes, tenant=tenant, claims=req.claims, correlation_id=cid)
+            return await legs.agent_app_token(
+                agent, t1, scopes, tenant=tenant, claims=req.claims, correlation_id=cid
+            )
         if req.flow is Flow.AGENT_OBO:
             assert req.user_assertion is not None
             return await legs.agent_obo(

@@ -56,7 +56,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         request_id = str(uuid.uuid4())
         log.error(
             "unexpected error handling %s %s: %s (requestId=%s)",
-            request.method, request.path, type(exc).__name__, request_id,
+            request.method,
+            request.path,
+            type(exc).__name__,
+            request_id,
         )
         return problem_response(500, "An unexpected error occurred.", requestId=request_id)
 

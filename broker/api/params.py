@@ -90,7 +90,10 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
     """Parse and validate the query string of a token route."""
     grouped: dict[str, tuple[str, list[str]]] = {}
     for raw_name, value in query.items():
-        if len(value) > MAX_VALUE_LENGTH and raw_name.lower() != OVERRIDE_PREFIX + "acquiretokenoptions.claims":
+        if (
+            len(value) > MAX_VALUE_LENGTH
+            and raw_name.lower() != OVERRIDE_PREFIX + "acquiretokenoptions.claims"
+        ):
             raise ProblemError(400, f"{raw_name[:64]} is too long", slug="invalid-parameter")
         key = raw_name.lower()
         grouped.setdefault(key, (raw_name, []))[1].append(value)
@@ -116,8 +119,10 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
     if username is not None:
         if not _UPN.match(username):
             raise ProblemError(
-                400, "AgentUsername must be a user principal name (name@domain)",
-                slug="invalid-parameter", parameter="AgentUsername",
+                400,
+                "AgentUsername must be a user principal name (name@domain)",
+                slug="invalid-parameter",
+                parameter="AgentUsername",
             )
         parsed["username"] = username
     if user_id is not None:
@@ -128,18 +133,22 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
     for key, (raw_name, values) in grouped.items():
         if not key.startswith(OVERRIDE_PREFIX):
             continue
-        sub = key[len(OVERRIDE_PREFIX):]
+        sub = key[len(OVERRIDE_PREFIX) :]
         if sub in UNSUPPORTED_OVERRIDES:
             raise ProblemError(
-                400, f"{raw_name} is not supported: {UNSUPPORTED_OVERRIDES[sub]}",
-                slug="unsupported-override", parameter=raw_name,
+                400,
+                f"{raw_name} is not supported: {UNSUPPORTED_OVERRIDES[sub]}",
+                slug="unsupported-override",
+                parameter=raw_name,
             )
         if sub == "scopes":
             scopes = [s for v in values for s in v.split()]
             if not scopes or len(scopes) > MAX_SCOPES or not all(_SCOPE.match(s) for s in scopes):
                 raise ProblemError(
-                    400, f"{raw_name} must be 1 to {MAX_SCOPES} scopes without spaces or control characters",
-                    slug="invalid-parameter", parameter=raw_name,
+                    400,
+                    f"{raw_name} must be 1 to {MAX_SCOPES} scopes without spaces or control characters",
+                    slug="invalid-parameter",
+                    parameter=raw_name,
                 )
             parsed["scopes"] = tuple(dict.fromkeys(scopes))
         elif sub == "requestapptoken":
@@ -151,8 +160,10 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
             except ValueError:
                 if not _TENANT_NAME.match(tenant):
                     raise ProblemError(
-                        400, f"{raw_name} must be a tenant GUID or domain name",
-                        slug="invalid-parameter", parameter=raw_name,
+                        400,
+                        f"{raw_name} must be a tenant GUID or domain name",
+                        slug="invalid-parameter",
+                        parameter=raw_name,
                     ) from None
                 parsed["tenant"] = tenant.lower()
         elif sub == "acquiretokenoptions.forcerefresh":
@@ -160,15 +171,19 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
         elif sub == "acquiretokenoptions.claims":
             claims = _single(raw_name, values)
             if len(claims) > MAX_CLAIMS_LENGTH:
-                raise ProblemError(400, f"{raw_name} is too long", slug="invalid-parameter", parameter=raw_name)
+                raise ProblemError(
+                    400, f"{raw_name} is too long", slug="invalid-parameter", parameter=raw_name
+                )
             try:
                 decoded = json.loads(claims)
             except ValueError:
                 decoded = None
             if not isinstance(decoded, dict):
                 raise ProblemError(
-                    400, f"{raw_name} must be a JSON object (a decoded claims challenge)",
-                    slug="invalid-parameter", parameter=raw_name,
+                    400,
+                    f"{raw_name} must be a JSON object (a decoded claims challenge)",
+                    slug="invalid-parameter",
+                    parameter=raw_name,
                 )
             parsed["claims"] = json.dumps(decoded, separators=(",", ":"), sort_keys=True)
         elif sub == "acquiretokenoptions.correlationid":

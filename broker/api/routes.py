@@ -28,25 +28,35 @@ def bearer_token(request: web.Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(
-            401, "this route needs an 'Authorization: Bearer <token>' header",
-            slug="missing-token", headers={"WWW-Authenticate": "Bearer"},
+            401,
+            "this route needs an 'Authorization: Bearer <token>' header",
+            slug="missing-token",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     return token.strip()
 
 
-async def validated_claims(runtime: Runtime, token: str, *, require_validate_scopes: bool = False) -> dict[str, object]:
+async def validated_claims(
+    runtime: Runtime, token: str, *, require_validate_scopes: bool = False
+) -> dict[str, object]:
     try:
         return await runtime.validator.validate(token)
     except InsufficientScope as exc:
-        raise ProblemError(403, f"the token is not allowed here: {exc.reason}", slug="insufficient-scope") from None
+        raise ProblemError(
+            403, f"the token is not allowed here: {exc.reason}", slug="insufficient-scope"
+        ) from None
     except InvalidToken as exc:
         raise ProblemError(
-            401, f"the bearer token is not valid: {exc.reason}", slug="invalid-token",
+            401,
+            f"the bearer token is not valid: {exc.reason}",
+            slug="invalid-token",
             headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'},
         ) from None
     except ValidatorUnavailable:
         raise ProblemError(
-            503, "the authority's signing keys could not be fetched", slug="authority-unavailable",
+            503,
+            "the authority's signing keys could not be fetched",
+            slug="authority-unavailable",
             headers=retry_after_header(5),
         ) from None
 
@@ -59,7 +69,8 @@ def _scopes_for(runtime: Runtime, api: str, query: ParsedQuery) -> tuple[str, ..
         return query.scopes
     if config is None or not config.scopes:
         raise ProblemError(
-            400, f"No scopes found for the API '{api}': configure DownstreamApis__{api}__Scopes",
+            400,
+            f"No scopes found for the API '{api}': configure DownstreamApis__{api}__Scopes",
             slug="no-scopes",
         )
     return tuple(config.scopes)
@@ -70,7 +81,8 @@ def _check_overrides(runtime: Runtime, route: str, query: ParsedQuery, *, implie
     if used and not runtime.settings.sidecar.allow_overrides.get(route, False):
         names = ", ".join(sorted("optionsOverride." + name for name in used))
         raise ProblemError(
-            400, f"{names} not allowed on this route (set Sidecar__AllowOverrides__{route}=true to allow)",
+            400,
+            f"{names} not allowed on this route (set Sidecar__AllowOverrides__{route}=true to allow)",
             slug="override-not-allowed",
         )
 
@@ -85,9 +97,12 @@ def acquire_problem(err: AcquireError) -> ProblemError:
     """Map an acquisition failure to the API's problem (401 refused, 503 unreachable/throttled)."""
     if err.transient:
         return ProblemError(
-            503, f"the authority is unavailable and no valid cached token exists: {err}",
-            slug="authority-unavailable", headers=retry_after_header(err.retry_after),
-            errorCode=err.error_code, correlationId=err.correlation_id,
+            503,
+            f"the authority is unavailable and no valid cached token exists: {err}",
+            slug="authority-unavailable",
+            headers=retry_after_header(err.retry_after),
+            errorCode=err.error_code,
+            correlationId=err.correlation_id,
         )
     return ProblemError(
         401, str(err), slug="token-refused", errorCode=err.error_code, correlationId=err.correlation_id
@@ -105,7 +120,9 @@ async def serve_token(runtime: Runtime, req: TokenRequest) -> web.Response:
     return token_response(token)
 
 
-def _agent_request(query: ParsedQuery, flow_if_agent: Flow, scopes: tuple[str, ...], **extra: object) -> TokenRequest:
+def _agent_request(
+    query: ParsedQuery, flow_if_agent: Flow, scopes: tuple[str, ...], **extra: object
+) -> TokenRequest:
     common = {
         "scopes": scopes,
         "tenant": query.tenant,
@@ -115,8 +132,11 @@ def _agent_request(query: ParsedQuery, flow_if_agent: Flow, scopes: tuple[str, .
     }
     if query.agent and (query.username or query.user_object_id):
         return TokenRequest(
-            Flow.AGENT_USER, agent=query.agent, username=query.username,
-            user_object_id=query.user_object_id, **common,  # type: ignore[arg-type]
+            Flow.AGENT_USER,
+            agent=query.agent,
+            username=query.username,
+            user_object_id=query.user_object_id,
+            **common,  # type: ignore[arg-type]
         )
     return TokenRequest(flow_if_agent, agent=query.agent, **common, **extra)  # type: ignore[arg-type]
 
@@ -162,7 +182,9 @@ async def validate(request: web.Request) -> web.Response:
     if wanted:
         granted = set(str(claims.get("scp", "")).split()) | set(_as_list(claims.get("roles")))
         if not granted.intersection(wanted):
-            raise ProblemError(403, "the token has none of the scopes in AzureAd__Scopes", slug="insufficient-scope")
+            raise ProblemError(
+                403, "the token has none of the scopes in AzureAd__Scopes", slug="insufficient-scope"
+            )
     body = json.dumps({"protocol": "Bearer", "token": token, "claims": claims})
     return web.Response(body=body.encode(), headers=_JSON_HEADERS)
 

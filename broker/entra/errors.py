@@ -60,9 +60,7 @@ def _safe_description(result: Mapping[str, Any]) -> str:
     return text.splitlines()[0][:300]
 
 
-def from_result(
-    result: Mapping[str, Any], state: CallState, *, client_tags: frozenset[str]
-) -> AcquireError:
+def from_result(result: Mapping[str, Any], state: CallState, *, client_tags: frozenset[str]) -> AcquireError:
     """Classify an MSAL error dict (``{"error": ...}``) returned for one leg."""
     code = aadsts_code(result)
     status = state.status

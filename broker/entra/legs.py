@@ -155,7 +155,9 @@ class EntraLegs:
 
     # -- blueprint ---------------------------------------------------------------------------------
 
-    def _blueprint_call(self, tenant: str, call: Callable[[Any], Mapping[str, Any] | None]) -> Mapping[str, Any] | None:
+    def _blueprint_call(
+        self, tenant: str, call: Callable[[Any], Mapping[str, Any] | None]
+    ) -> Mapping[str, Any] | None:
         """Run ``call(app)`` with the first credential that works, in index order (worker thread)."""
         with self._active_lock:
             start = self._active
@@ -178,7 +180,9 @@ class EntraLegs:
                 if errors.is_credential_rejection(err) and offset + 1 < len(self._sources):
                     log.warning(
                         "blueprint credential %d (%s) refused by the authority (%s); trying the next",
-                        index, source.source_type, err.error_code,
+                        index,
+                        source.source_type,
+                        err.error_code,
                     )
                     continue
                 return result
@@ -313,4 +317,3 @@ class EntraLegs:
             assertion=t1,
             correlation_id=correlation_id,
         )
-

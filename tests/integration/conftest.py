@@ -42,7 +42,9 @@ def make_settings(emulator: EmulatorServer, **extra: str) -> Settings:
 def broker_factory(emulator: EmulatorServer) -> BrokerFactory:
     """``async with broker_factory(Key=value, ...) as b`` starts a broker with extra config keys."""
 
-    def factory(env: Mapping[str, str] | None = None, **extra: str) -> AbstractAsyncContextManager[RunningBroker]:
+    def factory(
+        env: Mapping[str, str] | None = None, **extra: str
+    ) -> AbstractAsyncContextManager[RunningBroker]:
         settings = load_settings(env=env) if env is not None else make_settings(emulator, **extra)
         return running(settings, wait_ready=30.0)
 

@@ -17,7 +17,11 @@ def claims_of(jwt_token: str) -> dict[str, Any]:
 
 
 async def get(
-    http: aiohttp.ClientSession, broker: RunningBroker, path: str, *, token: str | None = None,
+    http: aiohttp.ClientSession,
+    broker: RunningBroker,
+    path: str,
+    *,
+    token: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
     all_headers = dict(headers or {})

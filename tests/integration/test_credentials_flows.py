@@ -26,7 +26,9 @@ def env_with(emulator: EmulatorServer, **cred: str) -> dict[str, str]:
     return env
 
 
-async def assert_agent_token(broker_factory: BrokerFactory, http: aiohttp.ClientSession, env: dict[str, str]) -> None:
+async def assert_agent_token(
+    broker_factory: BrokerFactory, http: aiohttp.ClientSession, env: dict[str, str]
+) -> None:
     async with broker_factory(env) as broker:
         status, body, _ = await get(http, broker, PATH)
         assert status == 200, body
@@ -38,8 +40,12 @@ async def assert_agent_token(broker_factory: BrokerFactory, http: aiohttp.Client
     [("blueprint-cert.pem", None), ("blueprint.pfx", "demo-pfx-password")],
 )
 async def test_certificate_credential(
-    emulator: EmulatorServer, admin: EmulatorAdmin, broker_factory: BrokerFactory,
-    http: aiohttp.ClientSession, filename: str, password: str | None,
+    emulator: EmulatorServer,
+    admin: EmulatorAdmin,
+    broker_factory: BrokerFactory,
+    http: aiohttp.ClientSession,
+    filename: str,
+    password: str | None,
 ) -> None:
     cred = {"SourceType": "Path", "CertificateDiskPath": str(emulator.state_dir / filename)}
     if password:
@@ -49,12 +55,17 @@ async def test_certificate_credential(
 
 
 async def test_workload_identity_file_credential_and_rotation(
-    emulator: EmulatorServer, admin: EmulatorAdmin, broker_factory: BrokerFactory,
-    http: aiohttp.ClientSession, tmp_path: Path,
+    emulator: EmulatorServer,
+    admin: EmulatorAdmin,
+    broker_factory: BrokerFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
 ) -> None:
     token_file = tmp_path / "azure-identity-token"
     token_file.write_text(admin.workload_token(subject="system:serviceaccount:other:untrusted"))
-    env = env_with(emulator, SourceType="SignedAssertionFilePath", SignedAssertionFileDiskPath=str(token_file))
+    env = env_with(
+        emulator, SourceType="SignedAssertionFilePath", SignedAssertionFileDiskPath=str(token_file)
+    )
     env["Broker__Cache__NegativeTtlSeconds"] = "0"
     async with broker_factory(env) as broker:
         status, body, _ = await get(http, broker, PATH)
@@ -69,18 +80,26 @@ async def test_workload_identity_file_credential_and_rotation(
 
 
 async def test_managed_identity_credential(
-    emulator: EmulatorServer, admin: EmulatorAdmin, broker_factory: BrokerFactory,
-    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer,
+    admin: EmulatorAdmin,
+    broker_factory: BrokerFactory,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("IDENTITY_ENDPOINT", emulator.mi_url + "/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", emulator.mi_secret)
-    env = env_with(emulator, SourceType="SignedAssertionFromManagedIdentity", ManagedIdentityClientId=demo.MI_CLIENT_ID)
+    env = env_with(
+        emulator, SourceType="SignedAssertionFromManagedIdentity", ManagedIdentityClientId=demo.MI_CLIENT_ID
+    )
     await assert_agent_token(broker_factory, http, env)
     assert admin.counts().get("mi", 0) >= 1
 
 
 async def test_credentials_tried_in_index_order(
-    emulator: EmulatorServer, admin: EmulatorAdmin, broker_factory: BrokerFactory, http: aiohttp.ClientSession,
+    emulator: EmulatorServer,
+    admin: EmulatorAdmin,
+    broker_factory: BrokerFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
     env = env_with(emulator, SourceType="ClientSecret", ClientSecret="wrong-secret")
     env["AzureAd__ClientCredentials__1__SourceType"] = "Path"

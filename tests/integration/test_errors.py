@@ -29,7 +29,10 @@ def assert_problem(status: int, body: dict[str, object], headers: object, expect
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [
-        (f"?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}&AgentUserId={demo.AGENT_USER_OID}", "not both"),
+        (
+            f"?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}&AgentUserId={demo.AGENT_USER_OID}",
+            "not both",
+        ),
         (f"?AgentUsername={demo.AGENT_USER_UPN}", "require AgentIdentity"),
         (f"?AgentUserId={demo.AGENT_USER_OID}", "require AgentIdentity"),
         (f"?AgentIdentity={A1}&AgentUserId=not-a-guid", "AgentUserId must be a GUID"),
@@ -70,7 +73,9 @@ async def test_missing_and_invalid_bearer_are_401(
     forged = jwt.encode(
         {"aud": demo.BLUEPRINT_APP_ID, "exp": int(time.time()) + 600, "iss": "x"}, "secret", algorithm="HS256"
     )
-    status, body, headers = await get(http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=forged)
+    status, body, headers = await get(
+        http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=forged
+    )
     assert_problem(status, body, headers, 401)
     assert 'error="invalid_token"' in headers["WWW-Authenticate"]
     assert forged not in str(body)
@@ -80,7 +85,9 @@ async def test_expired_user_token_is_401(
     broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     expired = admin.user_token(demo.DEMO_USER_UPN, lifetime=-600)
-    status, body, headers = await get(http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=expired)
+    status, body, headers = await get(
+        http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=expired
+    )
     assert_problem(status, body, headers, 401)
     assert "expired" in str(body["detail"])
 

@@ -48,7 +48,9 @@ async def test_autonomous_agent_token_and_cache(
 async def test_agent_user_token_by_upn_and_oid(
     broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    status, body, _ = await get(http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}")
+    status, body, _ = await get(
+        http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}"
+    )
     assert status == 200, body
     claims = bearer_claims(body)
     assert claims["idtyp"] == "user"
@@ -57,7 +59,9 @@ async def test_agent_user_token_by_upn_and_oid(
     counts = legs(admin)
     assert counts.get("t1") == 1 and counts.get("t2") == 1 and counts.get("user_fic") == 1, counts
 
-    status, body, _ = await get(http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUserId={demo.AGENT_USER_OID}")
+    status, body, _ = await get(
+        http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUserId={demo.AGENT_USER_OID}"
+    )
     assert status == 200, body
     assert bearer_claims(body)["oid"] == demo.AGENT_USER_OID
     counts = legs(admin)
@@ -69,7 +73,9 @@ async def test_agent_obo_with_inbound_user_token(
     broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     user_token = admin.user_token(demo.DEMO_USER_UPN)
-    status, body, _ = await get(http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token)
+    status, body, _ = await get(
+        http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token
+    )
     assert status == 200, body
     claims = bearer_claims(body)
     assert claims["idtyp"] == "user"
@@ -78,7 +84,9 @@ async def test_agent_obo_with_inbound_user_token(
     counts = legs(admin)
     assert counts.get("t1") == 1 and counts.get("obo") == 1, counts
     # Same user token again: served from cache.
-    status, body2, _ = await get(http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token)
+    status, body2, _ = await get(
+        http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token
+    )
     assert status == 200 and body2 == body
     assert legs(admin) == counts
 
@@ -104,7 +112,9 @@ async def test_request_app_token_on_authenticated_route(
 ) -> None:
     user_token = admin.user_token(demo.DEMO_USER_UPN)
     status, body, _ = await get(
-        http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}&optionsOverride.RequestAppToken=true",
+        http,
+        broker,
+        f"/AuthorizationHeader/graph?AgentIdentity={A1}&optionsOverride.RequestAppToken=true",
         token=user_token,
     )
     assert status == 200, body
@@ -116,12 +126,15 @@ async def test_scopes_override_and_force_refresh(
 ) -> None:
     user_token = admin.user_token(demo.DEMO_USER_UPN)
     path = f"/AuthorizationHeader/anything?AgentIdentity={A1}&optionsOverride.Scopes={demo.DEMO_API_RESOURCE}/.default"
-    status, body, _ = await get(http, broker, path + "&optionsOverride.RequestAppToken=true", token=user_token)
+    status, body, _ = await get(
+        http, broker, path + "&optionsOverride.RequestAppToken=true", token=user_token
+    )
     assert status == 200, body
     assert bearer_claims(body)["aud"].startswith(demo.DEMO_API_RESOURCE) or bearer_claims(body)["aud"]
     before = legs(admin).get("app", 0)
     status, body2, _ = await get(
-        http, broker,
+        http,
+        broker,
         path + "&optionsOverride.RequestAppToken=true&optionsOverride.AcquireTokenOptions.ForceRefresh=true",
         token=user_token,
     )
@@ -134,7 +147,7 @@ async def test_validate_returns_claims(
     broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     user_token = admin.user_token(demo.DEMO_USER_UPN)
-    status, body, headers = await get(http, broker, "/Validate", token=user_token)
+    status, body, _ = await get(http, broker, "/Validate", token=user_token)
     assert status == 200, body
     assert body["protocol"] == "Bearer"
     assert body["token"] == user_token

@@ -46,10 +46,10 @@ EXPOSE 9464
 # SIGTERM stops accepting connections and lets in-flight requests finish (grace period 10 s).
 STOPSIGNAL SIGTERM
 
-# Liveness of the ops listener, with no curl in the image. The port follows Broker__OpsListen
-# when that variable is set with this spelling; otherwise the default 9464.
+# Liveness of the ops listener, with no curl in the image (proxy variables ignored: it is local).
+# The port follows Broker__OpsListen when set with this spelling; otherwise the default 9464.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('Broker__OpsListen', ':9464').rpartition(':')[2]; urllib.request.urlopen('http://127.0.0.1:' + port + '/healthz', timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request as u; port = os.environ.get('Broker__OpsListen', ':9464').rpartition(':')[2]; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:' + port + '/healthz', timeout=3)"]
 
 ENTRYPOINT ["agent-token-broker"]
 CMD ["serve"]

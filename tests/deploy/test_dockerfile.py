@@ -77,6 +77,7 @@ def test_no_shell_tools_and_no_architecture_specific_steps() -> None:
         assert word not in text, f"{word!r} in a Dockerfile instruction"
     _, command = healthcheck(runtime_stage())
     assert command[:2] == ["python", "-c"] and "urllib.request" in command[2]
+    assert "ProxyHandler({})" in command[2], "a proxy from the environment must not catch 127.0.0.1"
 
 
 def test_oci_labels_and_version_match_the_package() -> None:

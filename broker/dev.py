@@ -9,8 +9,9 @@ from broker.emulator import demo
 from broker.settings import Settings
 
 DECODE = (
-    'python3 -c \'import sys,json,base64; h=json.load(sys.stdin)["authorizationHeader"];'
-    ' p=h.split()[1].split(".")[1]; print(json.dumps(json.loads(base64.urlsafe_b64decode(p+"==")),indent=2))\''
+    "python3 -c 'import sys,json,base64; d=json.load(sys.stdin); h=d.get(\"authorizationHeader\");"
+    " p=h.split()[1].split(\".\")[1] if h else None;"
+    " print(json.dumps(json.loads(base64.urlsafe_b64decode(p+\"==\")) if p else d, indent=2))'"
 )
 
 

@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	./scripts/ensure-system-packages
 	./scripts/run-tests $(BIN)/python
 
 clean:

@@ -74,9 +74,23 @@ def serve_main(argv: Sequence[str]) -> int:
     if settings is None:
         return 2
     setup_logging(settings.log_level)
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    """Run until signalled; a listener that cannot be opened is one clear line, not a traceback."""
+    import logging
+
     from broker.server import run, serve_forever
 
-    run(serve_forever(settings))
+    log = logging.getLogger("broker")
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
+    try:
+        run(serve_forever(settings))
+    except OSError as exc:
+        print(f"agent-token-broker: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -106,10 +120,7 @@ def dev_main(argv: Sequence[str]) -> int:
         if settings is None:
             return 2
         setup_logging(settings.log_level)
-        from broker.server import run, serve_forever
-
         print_instructions(settings, emulator)
-        run(serve_forever(settings))
+        return _serve(settings)
     finally:
         emulator.stop()
-    return 0

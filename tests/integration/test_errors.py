@@ -128,3 +128,19 @@ async def test_unknown_route_and_method(broker: RunningBroker, http: aiohttp.Cli
     async with http.post(broker.api_urls[0] + "/AuthorizationHeader/graph") as resp:
         assert resp.status == 405
         assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_tenant_override_passes_through_and_agent_is_refused_outside_home_tenant(
+    broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    user_token = admin.user_token(demo.DEMO_USER_UPN)
+    path = (
+        f"/AuthorizationHeader/graph?AgentIdentity={A1}&optionsOverride.RequestAppToken=true"
+        f"&optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}"
+    )
+    status, body, headers = await get(http, broker, path, token=user_token)
+    assert_problem(status, body, headers, 401)
+    assert str(body["errorCode"]).startswith("AADSTS")
+    # The refusal came from the authority (the override reached it), not from the broker.
+    refused = [r for r in admin.log()["requests"] if r["endpoint"] == "token" and r["error_code"]]
+    assert refused and f"AADSTS{refused[-1]['error_code']}" == body["errorCode"]

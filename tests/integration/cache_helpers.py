@@ -1,0 +1,107 @@
+"""Helpers for the cache integration tests (tests/integration/test_cache_*.py).
+
+Everything here talks to a real broker over HTTP and reads the emulator's
+request log; nothing replaces a component under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from broker.emulator import demo
+from broker.emulator.runner import EmulatorAdmin
+from tests.integration.helpers import claims_of
+
+A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
+UNAUTH = "/AuthorizationHeaderUnauthenticated"
+REQUEST_TIMEOUT = 20.0
+
+
+def app_path(agent: str, api: str = "graph", extra: str = "") -> str:
+    return f"{UNAUTH}/{api}?AgentIdentity={agent}{extra}"
+
+
+@dataclass
+class Reply:
+    """One broker answer, with the local times around it (epoch seconds)."""
+
+    status: int
+    body: dict[str, Any]
+    content_type: str
+    headers: dict[str, str]
+    sent: float
+    received: float
+
+    @property
+    def elapsed(self) -> float:
+        return self.received - self.sent
+
+    @property
+    def token(self) -> str:
+        return str(self.body["authorizationHeader"]).partition(" ")[2]
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return claims_of(self.token)
+
+    @property
+    def remaining(self) -> float:
+        """Lifetime the served token had left when it arrived (from its ``exp`` claim)."""
+        return float(self.claims["exp"]) - self.received
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, *, headers: dict[str, str] | None = None
+) -> Reply:
+    sent = time.time()
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        async with session.get(url, headers=headers) as resp:
+            text = await resp.text()
+            received = time.time()
+            try:
+                body = json.loads(text) if text else {}
+            except ValueError:
+                body = {"_text": text}
+            return Reply(resp.status, body, resp.content_type, dict(resp.headers), sent, received)
+
+
+def client_session(limit: int = 100, total: float = 60.0) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=total),
+    )
+
+
+def requests_since(admin: EmulatorAdmin, seq: int = 0) -> list[dict[str, Any]]:
+    """Emulator log entries (token endpoint only) after ``seq``."""
+    return [e for e in admin.log(since=seq)["requests"] if e["endpoint"] == "token"]
+
+
+def last_seq(admin: EmulatorAdmin) -> int:
+    return int(admin.log(since=1 << 60)["last_seq"])
+
+
+def select(
+    entries: Iterable[dict[str, Any]],
+    *,
+    leg: str | None = None,
+    client_id: str | None = None,
+    fmi_path: str | None = None,
+    status: int | None = None,
+) -> list[dict[str, Any]]:
+    def ok(e: dict[str, Any]) -> bool:
+        return (
+            (leg is None or e["leg"] == leg)
+            and (client_id is None or (e["client_id"] or "").lower() == client_id.lower())
+            and (fmi_path is None or (e["fmi_path"] or "").lower() == fmi_path.lower())
+            and (status is None or e["status"] == status)
+        )
+
+    return [e for e in entries if ok(e)]

@@ -1,0 +1,57 @@
+"""Single-flight through the HTTP API: a stampede on one cold key costs Entra one request per leg."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from broker.emulator.runner import EmulatorAdmin
+from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, requests_since, select
+from tests.integration.conftest import BrokerFactory
+
+CONCURRENCY = 1000
+
+
+async def test_thousand_concurrent_cold_requests_make_one_upstream_request_per_leg(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
+    # Hold every token response for a moment so all 1,000 requests are waiting at once.
+    admin.fault(target="token", mode="latency", latency_ms=400)
+    async with broker_factory() as broker, client_session(limit=CONCURRENCY + 10) as session:
+        url = broker.api_urls[0] + app_path(A1)
+        async with asyncio.timeout(60):
+            replies = await asyncio.gather(*(fetch(session, url) for _ in range(CONCURRENCY)))
+    statuses = {r.status for r in replies}
+    assert statuses == {200}, statuses
+    assert len({r.token for r in replies}) == 1
+    assert replies[0].claims["oid"] == A1
+    entries = requests_since(admin)
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["leg"]] = counts.get(e["leg"], 0) + 1
+    assert counts == {"t1": 1, "app": 1}, counts
+
+
+async def test_disconnected_waiters_do_not_cancel_the_shared_acquisition(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
+    admin.fault(target="token", mode="latency", latency_ms=800)
+    async with broker_factory() as broker, client_session(limit=200) as session:
+        url = broker.api_urls[0] + app_path(A2, "demo")
+        quitters = [asyncio.ensure_future(fetch(session, url)) for _ in range(50)]
+        stayers = [asyncio.ensure_future(fetch(session, url)) for _ in range(50)]
+        await asyncio.sleep(0.3)  # all 100 are waiting on the one acquisition
+        for task in quitters:
+            task.cancel()  # the client hangs up
+        async with asyncio.timeout(30):
+            replies = await asyncio.gather(*stayers)
+            late = await fetch(session, url)
+        results: list[Any] = await asyncio.gather(*quitters, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert {r.status for r in replies} == {200}
+    assert len({r.token for r in replies}) == 1
+    assert late.status == 200 and late.token == replies[0].token
+    entries = requests_since(admin)
+    assert len(select(entries, leg="t1", status=200)) == 1
+    assert len(select(entries, leg="app", client_id=A2)) == 1
+    assert len(entries) == 2, entries

@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from broker.api.admin import add_admin_routes
 from broker.api.middleware import errors_middleware, local_callers_middleware
 from broker.api.routes import add_routes
 from broker.api.state import RUNTIME
@@ -49,4 +50,5 @@ def create_ops_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", _healthz, allow_head=False)
     app.router.add_get("/readyz", _readyz, allow_head=False)
     app.router.add_get("/metrics", _metrics, allow_head=False)
+    add_admin_routes(app, runtime)
     return app

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-PROBLEM_TYPE_BASE = "https://github.com/agent-token-broker/agent-token-broker/blob/main/docs/errors.md#"
+# Problem types are URNs (not links that could go stale); docs/errors.md lists every one.
+PROBLEM_TYPE_BASE = "urn:agent-token-broker:problem:"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",

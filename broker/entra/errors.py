@@ -60,8 +60,37 @@ def _safe_description(result: Mapping[str, Any]) -> str:
     return text.splitlines()[0][:300]
 
 
-def from_result(result: Mapping[str, Any], state: CallState, *, client_tags: frozenset[str]) -> AcquireError:
-    """Classify an MSAL error dict (``{"error": ...}``) returned for one leg."""
+def refused_tags(
+    result: Mapping[str, Any], client_tags: frozenset[str], named_tags: Mapping[str, str] | None
+) -> frozenset[str]:
+    """Which identities a client refusal revokes.
+
+    Entra names the refused application in the description ("Application '<id>' is
+    disabled"). A leg involves more than one identity (T1: the blueprint asks for an
+    agent via ``fmi_path``; agent legs: the agent and its parent blueprint), so when the
+    description names one of ``named_tags`` (client id -> tag) that identity's tag is
+    evicted; otherwise the calling client's ``client_tags``.
+    """
+    if named_tags:
+        text = str(result.get("error_description") or "").lower()
+        named = frozenset(tag for ident, tag in named_tags.items() if ident and ident.lower() in text)
+        if named:
+            return named
+    return client_tags
+
+
+def from_result(
+    result: Mapping[str, Any],
+    state: CallState,
+    *,
+    client_tags: frozenset[str],
+    named_tags: Mapping[str, str] | None = None,
+) -> AcquireError:
+    """Classify an MSAL error dict (``{"error": ...}``) returned for one leg.
+
+    ``named_tags`` maps the client ids this leg involves to their revocation tags
+    (see :func:`refused_tags`).
+    """
     code = aadsts_code(result)
     status = state.status
     correlation = str(result.get("correlation_id") or state.response_correlation_id or "") or None
@@ -74,7 +103,7 @@ def from_result(result: Mapping[str, Any], state: CallState, *, client_tags: fro
     )
     evict: frozenset[str] = frozenset()
     if not transient and (code in CLIENT_REFUSED_CODES or error in ("invalid_client", "unauthorized_client")):
-        evict = client_tags
+        evict = refused_tags(result, client_tags, named_tags)
     retry_after = state.retry_after
     if transient and retry_after is None:
         retry_after = DEFAULT_TRANSIENT_RETRY

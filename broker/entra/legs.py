@@ -105,6 +105,7 @@ class EntraLegs:
         fn: Callable[[], Mapping[str, Any] | None],
         *,
         client_tags: frozenset[str],
+        named_tags: Mapping[str, str] | None = None,
         assertion: str | None = None,
         correlation_id: str | None = None,
     ) -> CachedToken:
@@ -120,7 +121,7 @@ class EntraLegs:
             if state.status is not None and state.status < 500:
                 self.authority_ok = True
             if not result or "access_token" not in result:
-                raise errors.from_result(result or {}, state, client_tags=client_tags)
+                raise errors.from_result(result or {}, state, client_tags=client_tags, named_tags=named_tags)
             return _to_token(result, self._clock())
 
         loop = asyncio.get_running_loop()
@@ -152,6 +153,13 @@ class EntraLegs:
         """Check readiness: ``None`` when a credential loads and the authority answered, else why not."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._warm_up_sync)
+
+    def _named_tags(self, agent: str | None) -> dict[str, str]:
+        """Client ids a leg involves -> revocation tags (a refusal naming the agent revokes only it)."""
+        named = {self.blueprint_id.lower(): blueprint_tag(self.blueprint_id)}
+        if agent:
+            named[agent.lower()] = agent_tag(agent)
+        return named
 
     # -- blueprint ---------------------------------------------------------------------------------
 
@@ -218,6 +226,7 @@ class EntraLegs:
                 tenant, lambda app: app.acquire_token_for_client(list(scopes), **kwargs)
             ),
             client_tags=frozenset({blueprint_tag(self.blueprint_id)}),
+            named_tags=self._named_tags(fmi_path),
             correlation_id=correlation_id,
         )
 
@@ -262,6 +271,7 @@ class EntraLegs:
                 list(scopes), claims_challenge=claims
             ),
             client_tags=frozenset({agent_tag(agent)}),
+            named_tags=self._named_tags(agent),
             assertion=t1,
             correlation_id=correlation_id,
         )
@@ -284,6 +294,7 @@ class EntraLegs:
                 user_assertion, list(scopes), claims_challenge=claims
             ),
             client_tags=frozenset({agent_tag(agent)}),
+            named_tags=self._named_tags(agent),
             assertion=t1,
             correlation_id=correlation_id,
         )
@@ -314,6 +325,7 @@ class EntraLegs:
                 claims_challenge=claims,
             ),
             client_tags=frozenset({agent_tag(agent)}),
+            named_tags=self._named_tags(agent),
             assertion=t1,
             correlation_id=correlation_id,
         )

@@ -7,14 +7,19 @@ hot agent costs Entra one T1 per T1 lifetime however many resources it uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from broker.cache.engine import TokenCache
 from broker.cache.keys import token_key
 from broker.cache.token import CachedToken
 from broker.entra.legs import EXCHANGE_SCOPE, EntraLegs, agent_tag, blueprint_tag
+
+if TYPE_CHECKING:
+    from broker.l2 import SharedTokenCache
 
 
 class Flow(StrEnum):
@@ -46,9 +51,22 @@ class TokenRequest:
 class TokenService:
     """Answers :class:`TokenRequest` values with cached or freshly acquired tokens."""
 
-    def __init__(self, legs: EntraLegs, cache: TokenCache) -> None:
+    def __init__(self, legs: EntraLegs, cache: TokenCache, shared: SharedTokenCache | None = None) -> None:
         self.legs = legs
         self.cache = cache
+        self.shared = shared  # optional Redis L2: wraps every acquire function (see broker/l2)
+
+    async def _cached(
+        self,
+        key: Hashable,
+        acquire: Callable[[], Awaitable[CachedToken]],
+        tags: frozenset[str],
+        force_refresh: bool = False,
+    ) -> CachedToken:
+        if self.shared is not None:
+            current = functools.partial(self.cache.current, key)
+            acquire = self.shared.wrap(key, acquire, current=current, forced=force_refresh)
+        return await self.cache.get(key, acquire, tags=tags, force_refresh=force_refresh)
 
     def _tenant(self, request_tenant: str | None) -> str:
         return request_tenant or self.legs.tenant_id
@@ -64,7 +82,7 @@ class TokenService:
         key = token_key("t1", tenant, agent)
         token = self.cache.peek(key)
         if token is None:
-            token = await self.cache.get(
+            token = await self._cached(
                 key,
                 lambda: self.legs.blueprint_token(
                     [EXCHANGE_SCOPE], tenant=tenant, fmi_path=agent, correlation_id=correlation_id
@@ -87,7 +105,7 @@ class TokenService:
                     agent, t1, [EXCHANGE_SCOPE], tenant=tenant, correlation_id=correlation_id
                 )
 
-            token = await self.cache.get(key, acquire, tags=self._tags(agent))
+            token = await self._cached(key, acquire, self._tags(agent))
         return token.value
 
     def key_for(self, req: TokenRequest) -> tuple[object, ...]:
@@ -110,7 +128,7 @@ class TokenService:
     async def get(self, req: TokenRequest) -> CachedToken:
         """The token for ``req``: cached, or acquired (single-flight) through the legs it needs."""
         key = self.key_for(req)
-        return await self.cache.get(
+        return await self._cached(
             key,
             lambda: self._acquire(req),
             tags=self._tags(req.agent),

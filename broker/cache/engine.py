@@ -82,6 +82,11 @@ class TokenCache:
             return token
         return None
 
+    def current(self, key: Hashable) -> CachedToken | None:
+        """The token held for ``key``, servable or not; no side effects (for a shared L2's checks)."""
+        entry = self._lru.quiet_get(key)
+        return entry.token if entry is not None else None
+
     async def get(
         self,
         key: Hashable,

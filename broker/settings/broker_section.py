@@ -10,6 +10,7 @@ from broker.settings.model import (
     DEFAULT_OPS_LISTEN,
     CacheConfig,
     Listen,
+    RedisCacheConfig,
     Secret,
     UpstreamConfig,
 )
@@ -46,6 +47,7 @@ def read_cache(section: Section) -> CacheConfig:
             section.key("BackoffCapSeconds"), f"must be at least BackoffBaseSeconds ({base:g}), got {cap:g}"
         )
     admin = section.get_str("AdminSecret")
+    redis = read_redis(section.sub("Redis"))
     config = CacheConfig(
         min_remaining_seconds=min_remaining,
         stale_floor_seconds=stale_floor,
@@ -62,10 +64,63 @@ def read_cache(section: Section) -> CacheConfig:
         max_entries=section.get_int("MaxEntries", d.max_entries, 1, 100_000_000),
         max_agent_clients=section.get_int("MaxAgentClients", d.max_agent_clients, 1, 10_000_000),
         admin_secret=Secret(admin) if admin else None,
+        redis=redis,
     )
     if admin is not None and len(admin) < 16:
         section.problems.error(section.key("AdminSecret"), "must be at least 16 characters long")
     section.check_unknown()
+    return config
+
+
+def read_redis(section: Section) -> RedisCacheConfig | None:
+    """``Broker__Cache__Redis__*``; None (no shared cache) unless ``Url`` or ``SentinelNodes`` is set."""
+    d = RedisCacheConfig()
+    url = section.get_str("Url")
+    sentinels = section.get_list("SentinelNodes") or ()
+    sentinels = tuple(n for item in sentinels for n in item.split(",") if n.strip())
+    key_files = section.get_list("EncryptionKeyFile") or ()
+    config = RedisCacheConfig(
+        url=url,
+        cluster=section.get_bool("Cluster", d.cluster),
+        sentinel_nodes=sentinels,
+        sentinel_service=section.get_str("SentinelService", d.sentinel_service) or d.sentinel_service,
+        encryption_key_files=key_files,
+        username_file=section.get_str("UsernameFile"),
+        password_file=section.get_str("PasswordFile"),
+        ca_file=section.get_str("CaFile"),
+        key_prefix=section.get_str("KeyPrefix", d.key_prefix) or d.key_prefix,
+        connect_timeout_seconds=section.get_float(
+            "ConnectTimeoutSeconds", d.connect_timeout_seconds, 0, 30, low_open=True
+        ),
+        operation_timeout_seconds=section.get_float(
+            "OperationTimeoutSeconds", d.operation_timeout_seconds, 0, 30, low_open=True
+        ),
+        lock_ttl_seconds=section.get_float("LockTtlSeconds", d.lock_ttl_seconds, 0, 300, low_open=True),
+        failure_threshold=section.get_int("FailureThreshold", d.failure_threshold, 1, 1000),
+        circuit_open_seconds=section.get_float(
+            "CircuitOpenSeconds", d.circuit_open_seconds, 0, 3600, low_open=True
+        ),
+        share_obo=section.get_bool("ShareObo", d.share_obo),
+    )
+    section.check_unknown()
+    if not section.present:
+        return None
+    if url is None and not sentinels:
+        if section.node is not None and section.node.children:
+            section.problems.error(section.key("Url"), "required (or SentinelNodes) when Redis keys are set")
+        return None
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        section.problems.error(section.key("Url"), "must start with redis://, rediss:// or unix://")
+    if sentinels and config.cluster:
+        section.problems.error(section.key("Cluster"), "cannot be combined with SentinelNodes")
+    for node in sentinels:
+        host, sep, port = node.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            section.problems.error(section.key("SentinelNodes"), f"expected host:port, got {node.strip()!r}")
+    if not key_files:
+        section.problems.error(
+            section.key("EncryptionKeyFile"), "required: the shared cache is always encrypted"
+        )
     return config
 
 

@@ -187,6 +187,27 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class RedisCacheConfig:
+    """``Broker__Cache__Redis__*``: the optional shared L2 token cache (see docs/shared-cache.md)."""
+
+    url: str | None = None
+    cluster: bool = False
+    sentinel_nodes: tuple[str, ...] = ()
+    sentinel_service: str = "mymaster"
+    encryption_key_files: tuple[str, ...] = ()
+    username_file: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    key_prefix: str = "atb:"
+    connect_timeout_seconds: float = 0.25
+    operation_timeout_seconds: float = 0.1
+    lock_ttl_seconds: float = 5.0
+    failure_threshold: int = 3
+    circuit_open_seconds: float = 5.0
+    share_obo: bool = False
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """``Broker__Cache__*``: token cache and refresh policy."""
 
@@ -203,6 +224,7 @@ class CacheConfig:
     max_entries: int = 50000
     max_agent_clients: int = 10000
     admin_secret: Secret | None = None
+    redis: RedisCacheConfig | None = None
 
 
 @dataclass(frozen=True)

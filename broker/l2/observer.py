@@ -1,0 +1,82 @@
+"""Metric hooks of the shared cache, and an in-memory counting implementation.
+
+``SharedCacheObserver`` is what a metrics module implements; the default
+:class:`CountingObserver` keeps plain counters (shown by tests, diagnostics and
+``/readyz`` detail) and forwards to an optional inner observer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+__all__ = ["CountingObserver", "NullObserver", "SharedCacheObserver"]
+
+
+class SharedCacheObserver(Protocol):
+    def lookup(self, result: str) -> None:
+        """An L2 read: ``hit``, ``miss``, ``unusable`` (expired/older than L1), ``bypass`` (forced)."""
+
+    def rejected(self, reason: str) -> None:
+        """A stored value that was not served: ``tampered``, ``unknown_key``, ``malformed``."""
+
+    def lock(self, result: str) -> None:
+        """Cross-replica single flight: ``acquired``, ``waited_hit``, ``waited_out``, ``unavailable``."""
+
+    def write(self, result: str) -> None:
+        """An L2 write: ``ok`` or ``failed``."""
+
+    def error(self, op: str) -> None:
+        """A Redis operation failed or timed out."""
+
+    def skipped(self, op: str) -> None:
+        """A Redis operation skipped because the circuit is open."""
+
+    def breaker(self, state: str) -> None:
+        """The circuit breaker changed state: ``closed``, ``open``, ``half_open``."""
+
+
+class NullObserver:
+    def lookup(self, result: str) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+    def lock(self, result: str) -> None: ...
+    def write(self, result: str) -> None: ...
+    def error(self, op: str) -> None: ...
+    def skipped(self, op: str) -> None: ...
+    def breaker(self, state: str) -> None: ...
+
+
+class CountingObserver:
+    """Counts every event as ``"<hook>:<label>"`` and forwards it to ``inner``."""
+
+    def __init__(self, inner: SharedCacheObserver | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self._inner: SharedCacheObserver = inner if inner is not None else NullObserver()
+
+    def lookup(self, result: str) -> None:
+        self.counts["lookup:" + result] += 1
+        self._inner.lookup(result)
+
+    def rejected(self, reason: str) -> None:
+        self.counts["rejected:" + reason] += 1
+        self._inner.rejected(reason)
+
+    def lock(self, result: str) -> None:
+        self.counts["lock:" + result] += 1
+        self._inner.lock(result)
+
+    def write(self, result: str) -> None:
+        self.counts["write:" + result] += 1
+        self._inner.write(result)
+
+    def error(self, op: str) -> None:
+        self.counts["error:" + op] += 1
+        self._inner.error(op)
+
+    def skipped(self, op: str) -> None:
+        self.counts["skipped:" + op] += 1
+        self._inner.skipped(op)
+
+    def breaker(self, state: str) -> None:
+        self.counts["breaker:" + state] += 1
+        self._inner.breaker(state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -14,11 +14,16 @@ from broker.cache.policy import CachePolicy
 from broker.credentials import build_sources
 from broker.entra.http import UpstreamHttp, trust_bundle
 from broker.entra.legs import EntraLegs
+from broker.l2 import SharedTokenCache, build_shared_cache
+from broker.l2.metrics import SharedCacheMetrics
+from broker.metrics import BrokerMetrics
+from broker.readiness import Readiness, ReadinessState, UpstreamMonitor
 from broker.settings import DownstreamApiConfig, Settings
 from broker.tokens import TokenService
 from broker.validation import InboundValidator
 
 log = logging.getLogger("broker")
+PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
 
 
 def cache_policy(settings: Settings) -> CachePolicy:
@@ -56,8 +61,10 @@ class Runtime:
     tokens: TokenService
     validator: InboundValidator
     session: aiohttp.ClientSession
+    metrics: BrokerMetrics
+    readiness: Readiness
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
-    readiness_detail: str = "starting"
+    shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
 
     def downstream_api(self, name: str) -> DownstreamApiConfig | None:
         return self.settings.downstream_apis.get(name)
@@ -81,22 +88,61 @@ class Runtime:
             max_workers=up.max_concurrency,
             max_agent_apps=settings.cache.max_agent_clients,
         )
-        cache = TokenCache(cache_policy(settings))
+        metrics = BrokerMetrics()
+        monitor = UpstreamMonitor(metrics)
+        legs.observer = monitor
+        cache = TokenCache(cache_policy(settings), observer=metrics)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=client_ssl_context(), limit=16),
+            cookie_jar=aiohttp.DummyCookieJar(),  # downstream APIs' cookies must not reach other callers
             timeout=aiohttp.ClientTimeout(total=up.read_timeout_seconds, connect=up.connect_timeout_seconds),
         )
         validator = InboundValidator(
             authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=session
         )
+
+        async def probe_authority() -> bool:
+            return await authority_answers(session, ad.instance, ad.tenant_id, up.read_timeout_seconds)
+
+        async def probe_credential() -> bool:
+            return await legs.warm_up() is None
+
+        readiness = Readiness(
+            cache, monitor, probe_authority=probe_authority, probe_credential=probe_credential
+        )
+        metrics.next_expiry = cache.next_expiry
+        metrics.credential_ready = lambda: legs.credential_ok and monitor.credential_up
+        metrics.authority_ready = lambda: legs.authority_ok and monitor.authority_up
+        metrics.ready = lambda: readiness.ready
+        shared = None
+        if settings.cache.redis is not None:
+            shared = build_shared_cache(
+                settings.cache.redis,
+                cache.policy,
+                namespace=ad.client_id,
+                observer=SharedCacheMetrics(metrics.registry),
+            )
+            shared.start()
         return cls(
             settings=settings,
             legs=legs,
             cache=cache,
-            tokens=TokenService(legs, cache),
+            tokens=TokenService(legs, cache, shared),
             validator=validator,
             session=session,
+            metrics=metrics,
+            readiness=readiness,
+            shared_cache=shared,
         )
+
+    @property
+    def readiness_detail(self) -> str:
+        return self.readiness_state().detail
+
+    def readiness_state(self) -> ReadinessState:
+        state = self.readiness.state()
+        note = self.shared_cache.health_note() if self.shared_cache is not None else None
+        return replace(state, detail=f"{state.detail}; {note}") if note else state
 
     async def warm_up(self) -> None:
         """Readiness: a credential produced an assertion and the authority answered (retried until so)."""
@@ -109,17 +155,39 @@ class Runtime:
                 except Exception as exc:
                     problem = f"authority signing keys unavailable ({type(exc).__name__})"
             if problem is None:
-                self.readiness_detail = "ready"
+                self.readiness.started = True
                 self.ready_event.set()
                 log.info("broker ready: blueprint credential and authority OK")
+                await self.readiness.run()  # keeps probing while degraded, until cancelled
                 return
-            self.readiness_detail = problem
+            self.readiness.startup_detail = problem
             log.warning("not ready yet: %s (retrying in %.0fs)", problem, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
         await self.cache.aclose()
+        if self.shared_cache is not None:
+            await self.shared_cache.aclose()
         await self.validator.aclose()
         await self.session.close()
         self.legs.close()
+
+
+async def authority_answers(
+    session: aiohttp.ClientSession, instance: str, tenant: str, seconds: float
+) -> bool:
+    """True when the tenant's token endpoint answers at all (below HTTP 500).
+
+    The probe carries no credential and an unknown grant type, so a live authority
+    refuses it with HTTP 400 and no token is issued.
+    """
+    url = f"{instance.rstrip('/')}/{tenant}/oauth2/v2.0/token"
+    try:
+        async with session.post(
+            url, data={"grant_type": PROBE_GRANT}, timeout=aiohttp.ClientTimeout(total=seconds)
+        ) as resp:
+            await resp.read()
+            return resp.status < 500
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False

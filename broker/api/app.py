@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.admin import add_admin_routes
+from broker.api.downstream import add_downstream_routes
 from broker.api.middleware import errors_middleware, local_callers_middleware
+from broker.api.msi import add_msi_routes
+from broker.api.observe import bind_routes, observe_middleware
 from broker.api.routes import add_routes
 from broker.api.state import RUNTIME
 from broker.runtime import Runtime
@@ -19,10 +22,14 @@ API_MAX_BODY = 64 * 1024
 def create_api_app(runtime: Runtime) -> web.Application:
     """The token API, with Microsoft's sidecar's routes."""
     app = web.Application(
-        middlewares=[errors_middleware, local_callers_middleware], client_max_size=API_MAX_BODY
+        middlewares=[observe_middleware(runtime.metrics), errors_middleware, local_callers_middleware],
+        client_max_size=API_MAX_BODY,
     )
     app[RUNTIME] = runtime
     add_routes(app)
+    add_downstream_routes(app)
+    add_msi_routes(app, runtime.settings.managed_identity_endpoint)
+    bind_routes(app, runtime.metrics)
     return app
 
 
@@ -31,16 +38,27 @@ async def _healthz(_request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """200 while tokens can be served (``detail`` says ``degraded`` when only from cache), else 503."""
     runtime = request.app[RUNTIME]
-    ready = runtime.ready_event.is_set()
-    body = {"ready": ready, "detail": runtime.readiness_detail, "cachedTokens": len(runtime.cache)}
+    state = runtime.readiness_state()
+    body: dict[str, object] = {
+        "ready": state.ready,
+        "detail": state.detail,
+        "cachedTokens": len(runtime.cache),
+    }
+    if state.servable_tokens is not None:
+        body["servableTokens"] = state.servable_tokens
     return web.Response(
-        status=200 if ready else 503, body=json.dumps(body).encode(), content_type="application/json"
+        status=200 if state.ready else 503,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
     )
 
 
-async def _metrics(_request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_ops_app(runtime: Runtime) -> web.Application:

@@ -9,12 +9,13 @@ service's job (``broker/tokens.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from broker.cache.token import AcquireError, CachedToken
 from broker.credentials import CredentialError, CredentialSource
@@ -24,6 +25,22 @@ from broker.entra.http import UpstreamHttp, call_state
 
 EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
 log = logging.getLogger("broker.entra")
+
+
+class UpstreamObserver(Protocol):
+    """Told about every upstream token call (from MSAL worker threads; must be thread-safe and cheap)."""
+
+    def upstream_started(self, leg: str) -> None: ...
+
+    def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def upstream_started(self, leg: str) -> None:
+        pass
+
+    def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None:
+        pass
 
 
 def blueprint_tag(blueprint: str) -> str:
@@ -91,6 +108,7 @@ class EntraLegs:
         self._clock = clock
         self.credential_ok = False
         self.authority_ok = False
+        self.observer: UpstreamObserver = _NoObserver()
 
     @property
     def apps(self) -> AppRegistry:
@@ -104,12 +122,13 @@ class EntraLegs:
         self,
         fn: Callable[[], Mapping[str, Any] | None],
         *,
+        leg: str,
         client_tags: frozenset[str],
         named_tags: Mapping[str, str] | None = None,
         assertion: str | None = None,
         correlation_id: str | None = None,
     ) -> CachedToken:
-        def work() -> CachedToken:
+        def call() -> CachedToken:
             state = call_state()
             state.reset(assertion=assertion, correlation_id=correlation_id)
             try:
@@ -124,8 +143,25 @@ class EntraLegs:
                 raise errors.from_result(result or {}, state, client_tags=client_tags, named_tags=named_tags)
             return _to_token(result, self._clock())
 
+        def work() -> CachedToken:
+            observer = self.observer
+            observer.upstream_started(leg)
+            started = time.perf_counter()
+            failure: AcquireError | None = None
+            try:
+                return call()
+            except AcquireError as err:
+                failure = err
+                raise
+            except Exception as exc:  # not expected: call() classifies what MSAL raises
+                failure = AcquireError(type(exc).__name__, transient=True)
+                raise
+            finally:
+                observer.upstream_finished(leg, failure, time.perf_counter() - started)
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, work)
+        # Run in a copy of the caller's context so logs in the worker carry the request id.
+        return await loop.run_in_executor(self._pool, contextvars.copy_context().run, work)
 
     def _warm_up_sync(self) -> str | None:
         """Build the blueprint app (authority discovery) with the first credential that loads."""
@@ -225,6 +261,7 @@ class EntraLegs:
             lambda: self._blueprint_call(
                 tenant, lambda app: app.acquire_token_for_client(list(scopes), **kwargs)
             ),
+            leg="t1" if fmi_path else "blueprint_app",
             client_tags=frozenset({blueprint_tag(self.blueprint_id)}),
             named_tags=self._named_tags(fmi_path),
             correlation_id=correlation_id,
@@ -248,6 +285,7 @@ class EntraLegs:
                     user_assertion, list(scopes), claims_challenge=claims
                 ),
             ),
+            leg="blueprint_obo",
             client_tags=frozenset({blueprint_tag(self.blueprint_id)}),
             correlation_id=correlation_id,
         )
@@ -270,6 +308,7 @@ class EntraLegs:
             lambda: self._apps.agent_app(agent, tenant).acquire_token_for_client(
                 list(scopes), claims_challenge=claims
             ),
+            leg="t2" if list(scopes) == [EXCHANGE_SCOPE] else "app",
             client_tags=frozenset({agent_tag(agent)}),
             named_tags=self._named_tags(agent),
             assertion=t1,
@@ -293,6 +332,7 @@ class EntraLegs:
             lambda: self._apps.agent_app(agent, tenant).acquire_token_on_behalf_of(
                 user_assertion, list(scopes), claims_challenge=claims
             ),
+            leg="obo",
             client_tags=frozenset({agent_tag(agent)}),
             named_tags=self._named_tags(agent),
             assertion=t1,
@@ -324,6 +364,7 @@ class EntraLegs:
                 user_object_id=user_object_id,
                 claims_challenge=claims,
             ),
+            leg="user_fic",
             client_tags=frozenset({agent_tag(agent)}),
             named_tags=self._named_tags(agent),
             assertion=t1,

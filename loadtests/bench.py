@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="scenario to run (repeatable; default all)")
     p.add_argument("--duration", type=float, help="seconds per wrk run (soak: total; outage: whole run, "
                    "down for its middle half); default per scenario: 10 s, outage 60 s, soak 600 s")
+    p.add_argument("--outage-duration", type=float, help="outage run length (default --duration or 60 s)")
+    p.add_argument("--soak-duration", type=float, help="soak length (default --duration or 600 s)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison (default 3)")
     p.add_argument("--identities", default="1,1000,100000", help="scale steps (default 1,1000,100000)")
@@ -63,7 +65,8 @@ def options(args: argparse.Namespace) -> tuple[Options, list[str]]:
     opts = Options(duration=args.duration, connections=args.connections, rounds=args.rounds,
                    identities=tuple(int(x) for x in args.identities.split(",") if x.strip()),
                    spread_keys=args.spread_keys, stampede_clients=args.stampede_clients,
-                   warm_budget=args.warm_budget)
+                   warm_budget=args.warm_budget, outage_duration=args.outage_duration,
+                   soak_duration=args.soak_duration)
     chosen = args.scenario or ["all"]
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     return opts, names

@@ -46,7 +46,8 @@ class Options:
     spread_keys: int = 10_000
     stampede_clients: int = 1000
     warm_budget: float = 300.0  # max seconds spent warming any one scenario's keys
-    profile: bool = False
+    outage_duration: float | None = None
+    soak_duration: float | None = None
 
     def dur(self, default: float) -> float:
         return self.duration if self.duration is not None else default

@@ -107,7 +107,7 @@ def _wrk_in_thread(ctx: Ctx, url: str, reqs: Path, duration: float) -> tuple[thr
 
 def outage(ctx: Ctx) -> dict[str, Any]:
     o = ctx.opts
-    duration = o.dur(60.0)
+    duration = o.outage_duration or o.dur(60.0)
     down = duration / 2
     with scenario(ctx):
         emu, admin = ctx.emulator()
@@ -140,7 +140,7 @@ def outage(ctx: Ctx) -> dict[str, Any]:
 
 def soak(ctx: Ctx) -> dict[str, Any]:
     o = ctx.opts
-    duration = o.dur(600.0)
+    duration = o.soak_duration or o.dur(600.0)
     samples: list[dict[str, float]] = []
     with scenario(ctx):
         emu, admin = ctx.emulator()

@@ -18,15 +18,21 @@ class SharedCacheMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self._lookups = Counter(f"{PREFIX}_lookups", "Shared (Redis) cache reads by result.", ["result"], registry=r)
+        self._lookups = Counter(
+            f"{PREFIX}_lookups", "Shared (Redis) cache reads by result.", ["result"], registry=r
+        )
         self._rejected = Counter(
             f"{PREFIX}_rejected_values",
             "Stored values not served: tampered, unknown_key (not decryptable), malformed.",
             ["reason"], registry=r,
         )  # fmt: skip
-        self._locks = Counter(f"{PREFIX}_locks", "Cross-replica single-flight outcomes.", ["result"], registry=r)
+        self._locks = Counter(
+            f"{PREFIX}_locks", "Cross-replica single-flight outcomes.", ["result"], registry=r
+        )
         self._writes = Counter(f"{PREFIX}_writes", "Shared cache writes by result.", ["result"], registry=r)
-        self._errors = Counter(f"{PREFIX}_errors", "Redis operations failed or timed out.", ["op"], registry=r)
+        self._errors = Counter(
+            f"{PREFIX}_errors", "Redis operations failed or timed out.", ["op"], registry=r
+        )
         self._skipped = Counter(
             f"{PREFIX}_skipped", "Redis operations skipped while the circuit is open.", ["op"], registry=r
         )

@@ -68,7 +68,9 @@ def _decode_key(text: str) -> bytes:
         except ValueError:
             pass
     try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+        raw = base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
     except (binascii.Error, ValueError):
         raise KeyRingError("encryption key is neither base64 nor hex") from None
     return raw
@@ -139,7 +141,9 @@ def load_key_ring(files: Sequence[str], namespace: str = "") -> KeyRing:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise KeyRingError(f"cannot read encryption key file {path} ({exc.strerror or type(exc).__name__})") from None
+            raise KeyRingError(
+                f"cannot read encryption key file {path} ({exc.strerror or type(exc).__name__})"
+            ) from None
         try:
             found = parse_keys(text)
         except KeyRingError as exc:

@@ -180,7 +180,9 @@ class SharedTokenCache:
         self.observer.lookup("hit")
         return token
 
-    async def _wait(self, name: str, lock_name: str, current: Current) -> tuple[CachedToken | None, str | None]:
+    async def _wait(
+        self, name: str, lock_name: str, current: Current
+    ) -> tuple[CachedToken | None, str | None]:
         """Another replica holds the lock: poll for its value at most ``lock_ttl``.
 
         Returns ``(token, None)`` on success, else ``(None, our_lock_token_or_None)``
@@ -227,7 +229,9 @@ class SharedTokenCache:
         if not self.degraded:
             return None
         reason = self.store.last_error or "errors"
-        return f"shared cache degraded (Redis unavailable: {reason}; circuit {self.store.breaker.state.value})"
+        return (
+            f"shared cache degraded (Redis unavailable: {reason}; circuit {self.store.breaker.state.value})"
+        )
 
     def start(self) -> None:
         """Start the background probe that closes the circuit when Redis comes back (no traffic needed)."""

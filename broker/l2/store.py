@@ -107,7 +107,9 @@ class RedisStore:
     def _state_changed(self, state: BreakerState) -> None:
         self._observer.breaker(state.value)
         if state is BreakerState.OPEN:
-            log.warning("shared cache: Redis unavailable (%s); circuit open, using L1/Entra only", self.last_error)
+            log.warning(
+                "shared cache: Redis unavailable (%s); circuit open, using L1/Entra only", self.last_error
+            )
         elif state is BreakerState.CLOSED:
             log.info("shared cache: Redis reachable again; circuit closed")
 
@@ -137,7 +139,9 @@ class RedisStore:
     async def try_lock(self, lock_name: str) -> str | Literal[False] | None:
         """``str`` (our lock token) when taken, ``False`` when someone else holds it, ``None`` on error."""
         token = os.urandom(12).hex()
-        ok, got = await self._run("lock", lambda: self._client.set(lock_name, token, nx=True, px=self._lock_ttl_ms))
+        ok, got = await self._run(
+            "lock", lambda: self._client.set(lock_name, token, nx=True, px=self._lock_ttl_ms)
+        )
         if not ok:
             return None
         return token if got else False

@@ -1,0 +1,229 @@
+"""SharedTokenCache against a real redis-server, driven through the real L1 engine; sealing; breaker; config."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.cache.engine import TokenCache
+from broker.cache.keys import token_key
+from broker.cache.policy import CachePolicy
+from broker.cache.token import CachedToken
+from broker.l2 import KeyRing, KeyRingError, SealError, SharedTokenCache, build_shared_cache
+from broker.l2.breaker import BreakerState, CircuitBreaker
+from broker.l2.sealing import load_key_ring, parse_keys
+from broker.settings import ConfigError, load_settings
+from broker.settings.model import RedisCacheConfig
+from tests.e2e.redis_helpers import RedisServer, new_key, redis_server, write_key_file
+
+__all__ = ["redis_server"]
+
+POLICY = CachePolicy(min_remaining=60, stale_floor=10, jitter_fraction=0.0)
+KEY = token_key("agent_app", "tenant", "agent-1", scopes=["https://graph.microsoft.com/.default"])
+
+
+class Upstream:
+    """A counting acquire function (the dependency of the component under test)."""
+
+    def __init__(self, lifetime: float = 600.0, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.lifetime = lifetime
+        self.delay = delay
+
+    async def __call__(self) -> CachedToken:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        now = time.time()
+        return CachedToken(f"token-{self.calls}-{now}", expires_at=now + self.lifetime, acquired_at=now)
+
+
+def make_shared(server: RedisServer, tmp_path: Path, **kw: object) -> SharedTokenCache:
+    files = (str(write_key_file(tmp_path / "key", new_key())),)
+    config = RedisCacheConfig(url=server.url, encryption_key_files=files, **kw)  # type: ignore[arg-type]
+    return build_shared_cache(config, POLICY, namespace="blueprint")
+
+
+async def get(
+    cache: TokenCache, shared: SharedTokenCache, upstream: Upstream, force: bool = False
+) -> CachedToken:
+    acquire = shared.wrap(KEY, upstream, current=lambda: cache.current(KEY), forced=force)
+    return await cache.get(KEY, acquire, force_refresh=force)
+
+
+async def test_refresh_takes_only_a_later_token_and_updates_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    shared = make_shared(redis_server, tmp_path)
+    l1_a, l1_b = TokenCache(POLICY), TokenCache(POLICY)
+    up_a, up_b = Upstream(), Upstream()
+    try:
+        first = await get(l1_a, shared, up_a)
+        assert await get(l1_b, shared, up_b) == first and up_b.calls == 0  # replica B: L2 hit
+        # B refreshes ahead: Redis holds the same token B has -> not newer -> B asks its upstream...
+        fresh_b = await shared.wrap(KEY, up_b, current=lambda: l1_b.current(KEY))()
+        assert up_b.calls == 1 and fresh_b.expires_at > first.expires_at
+        # ...and writes it: A's refresh now finds a later token in Redis and makes no upstream call.
+        refreshed_a = await shared.wrap(KEY, up_a, current=lambda: l1_a.current(KEY))()
+        assert refreshed_a == fresh_b and up_a.calls == 1
+        # ForceRefresh skips the L2 read once.
+        forced = await get(l1_a, shared, up_a, force=True)
+        assert up_a.calls == 2 and forced != fresh_b
+    finally:
+        await l1_a.aclose()
+        await l1_b.aclose()
+        await shared.aclose()
+
+
+async def test_waiters_take_the_lock_holders_value(redis_server: RedisServer, tmp_path: Path) -> None:
+    shared = make_shared(redis_server, tmp_path)  # one Redis lock, five independent L1s (replicas)
+    caches = [TokenCache(POLICY) for _ in range(5)]
+    ups = [Upstream(delay=0.3) for _ in range(5)]
+    try:
+        tokens = await asyncio.gather(*(get(c, shared, u) for c, u in zip(caches, ups, strict=True)))
+        assert len({t.value for t in tokens}) == 1
+        assert sum(u.calls for u in ups) == 1
+        assert shared.observer.counts["lock:waited_hit"] == 4
+        assert redis_server.client().keys("*:lock") == []  # released
+    finally:
+        for c in caches:
+            await c.aclose()
+        await shared.aclose()
+
+
+async def test_a_dead_lock_holder_blocks_no_one_beyond_the_lock_ttl(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    shared = make_shared(redis_server, tmp_path, lock_ttl_seconds=0.5)
+    redis_server.client().set(shared.redis_name(KEY) + ":lock", "dead-holder", px=500)
+    cache, up = TokenCache(POLICY), Upstream()
+    try:
+        async with asyncio.timeout(5):
+            await get(cache, shared, up)
+        assert up.calls == 1
+        assert shared.observer.counts["lock:acquired"] == 1  # took over after the TTL
+    finally:
+        await cache.aclose()
+        await shared.aclose()
+
+
+async def test_unreachable_redis_is_bounded_and_opens_the_circuit(tmp_path: Path) -> None:
+    files = (str(write_key_file(tmp_path / "key", new_key())),)
+    config = RedisCacheConfig(url="redis://127.0.0.1:1/0", encryption_key_files=files, failure_threshold=2)
+    shared = build_shared_cache(config, POLICY, namespace="b")
+    cache, up = TokenCache(POLICY), Upstream()
+    try:
+        async with asyncio.timeout(5):
+            await get(cache, shared, up)
+        assert up.calls == 1 and shared.degraded
+        assert "shared cache degraded" in (shared.health_note() or "")
+        assert shared.observer.counts["breaker:open"] == 1
+    finally:
+        await cache.aclose()
+        await shared.aclose()
+
+
+def test_sealed_value_is_bound_to_its_name_and_key() -> None:
+    ring = KeyRing([new_key()], namespace="b")
+    blob = ring.seal("atb:{a}", b"secret")
+    assert ring.open("atb:{a}", blob) == b"secret"
+    with pytest.raises(SealError) as moved:
+        ring.open("atb:{b}", blob)  # copied under another name
+    assert moved.value.reason == "tampered"
+    with pytest.raises(SealError) as short:
+        ring.open("atb:{a}", blob[:10])
+    assert short.value.reason == "malformed"
+    assert ring.seal("atb:{a}", b"secret") != blob  # random nonce
+
+
+def test_rotation_file_with_several_lines_and_names_stay_stable(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    before = load_key_ring([str(write_key_file(tmp_path / "a", old))], namespace="b")
+    after = load_key_ring([str(write_key_file(tmp_path / "b", old, new))], namespace="b")
+    assert before.name(KEY) == after.name(KEY)  # adding a key renames nothing
+    assert after.open("n", before.seal("n", b"x")) == b"x"  # old values readable
+    with pytest.raises(SealError) as unknown:
+        before.open("n", after.seal("n", b"y"))  # new writes use the new key
+    assert unknown.value.reason == "unknown_key"
+    assert KeyRing([old], namespace="other").name(KEY) != before.name(KEY)  # per-blueprint namespace
+    assert "agent-1" not in before.name(KEY) and len(before.name(KEY)) == 64
+
+
+def test_key_files_are_validated(tmp_path: Path) -> None:
+    assert parse_keys(f"# c\n{new_key().hex()}\n\n{base64.b64encode(new_key()).decode()}  # k2\n")
+    with pytest.raises(KeyRingError, match="32 bytes"):
+        parse_keys(base64.b64encode(b"short").decode())
+    with pytest.raises(KeyRingError, match="cannot read"):
+        load_key_ring([str(tmp_path / "missing")])
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(KeyRingError, match="no key"):
+        load_key_ring([str(tmp_path / "empty")])
+    same = new_key()
+    with pytest.raises(KeyRingError, match="duplicate"):
+        KeyRing([same, same])
+    assert "<1 keys>" in repr(KeyRing([same]))
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    now = [0.0]
+    states: list[BreakerState] = []
+    b = CircuitBreaker(2, 5.0, clock=lambda: now[0], on_change=states.append)
+    b.failure()
+    assert b.allow()
+    b.failure()
+    assert not b.allow() and b.state is BreakerState.OPEN
+    now[0] = 5.0
+    assert b.allow() and not b.allow()  # one probe only
+    b.failure()
+    assert b.state is BreakerState.OPEN and not b.allow()
+    now[0] = 10.0
+    assert b.allow()
+    b.success()
+    assert b.allow() and states == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.OPEN,
+                                     BreakerState.HALF_OPEN, BreakerState.CLOSED]  # fmt: skip
+
+
+BASE = {
+    "AzureAd__Instance": "https://login.microsoftonline.com/",
+    "AzureAd__TenantId": "7f3c1a52-4d0e-4b8a-9c61-2e5f8d9a0b14",
+    "AzureAd__ClientId": "3b6e9d21-8a4f-4c7e-b152-6f0a9e3d7c58",
+    "AzureAd__ClientCredentials__0__SourceType": "ClientSecret",
+    "AzureAd__ClientCredentials__0__ClientSecret": "x",
+}
+
+
+def test_settings_keys() -> None:
+    assert load_settings(env=BASE).cache.redis is None
+    s = load_settings(
+        env={
+            **BASE,
+            "Broker__Cache__Redis__Url": "rediss://cache:6380/0",
+            "Broker__Cache__Redis__EncryptionKeyFile": "/keys/l2",
+            "Broker__Cache__Redis__ShareObo": "true",
+            "Broker__Cache__Redis__OperationTimeoutSeconds": "0.05",
+            "Broker__Cache__Redis__LockTtlSeconds": "3",
+        }
+    )
+    redis = s.cache.redis
+    assert redis is not None and redis.url == "rediss://cache:6380/0" and redis.share_obo
+    assert redis.encryption_key_files == ("/keys/l2",) and redis.operation_timeout_seconds == 0.05
+    sentinel = load_settings(
+        env={
+            **BASE,
+            "Broker__Cache__Redis__SentinelNodes": "s1:26379,s2:26379",
+            "Broker__Cache__Redis__SentinelService": "tokens",
+            "Broker__Cache__Redis__EncryptionKeyFile__0": "/keys/a",
+            "Broker__Cache__Redis__EncryptionKeyFile__1": "/keys/b",
+        }
+    ).cache.redis
+    assert sentinel is not None and sentinel.sentinel_nodes == ("s1:26379", "s2:26379")
+    assert sentinel.encryption_key_files == ("/keys/a", "/keys/b")
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            env={**BASE, "Broker__Cache__Redis__Url": "http://x", "Broker__Cache__Redis__Bogus": "1"}
+        )
+    text = str(err.value)
+    assert "EncryptionKeyFile" in text and "redis://" in text and "Bogus" in text

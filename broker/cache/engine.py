@@ -279,21 +279,31 @@ class TokenCache:
             self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
 
     def _revoke(self, entry: KeyEntry, err: AcquireError, now: float) -> None:
-        victims = self._store.keys_tagged(err.evict_tags)
-        victims.discard(entry.key)
-        removed, count = self._store.remove_keys(victims)
-        if entry.token is not None:
-            count += 1
-        entry.clear_token()
-        entry.failures = 0
-        entry.neg_error = err
-        entry.neg_until = negative_until(err, now, self._policy)
-        if entry.alive:
-            self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
+        """A definitive refusal: drop the tokens of ``entry`` and of every entry tagged with
+        one of ``err.evict_tags``, and remember the refusal for all of them.
+
+        The tagged entries keep the negative record (not just the refused key): otherwise
+        each sibling key of a disabled agent would go upstream again, be refused, and wipe
+        the others' records in turn, hammering the authority.
+        """
+        until = negative_until(err, now, self._policy)
+        victims = [entry]
+        for key in self._store.keys_tagged(err.evict_tags):
+            other = self._lru.quiet_get(key)
+            if other is not None and other is not entry:
+                victims.append(other)
+        count = 0
+        for victim in victims:
+            if victim.token is not None:
+                count += 1
+            victim.clear_token()
+            victim.failures = 0
+            victim.neg_error = err
+            victim.neg_until = until
+            if victim.alive:
+                self._schedule(victim, until, TimerKind.EXPIRE)
         if count:
             self._obs.evicted("revoked", count)
-        if removed:
-            self._obs.entries(len(self._lru))
 
     # -------------------------------------------------------------------- timers
     def _schedule(self, entry: KeyEntry, due: float, kind: str) -> None:

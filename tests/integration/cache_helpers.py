@@ -57,9 +57,7 @@ class Reply:
         return float(self.claims["exp"]) - self.received
 
 
-async def fetch(
-    session: aiohttp.ClientSession, url: str, *, headers: dict[str, str] | None = None
-) -> Reply:
+async def fetch(session: aiohttp.ClientSession, url: str, *, headers: dict[str, str] | None = None) -> Reply:
     sent = time.time()
     async with asyncio.timeout(REQUEST_TIMEOUT):
         async with session.get(url, headers=headers) as resp:

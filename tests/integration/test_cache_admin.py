@@ -57,7 +57,9 @@ async def test_cache_clear_by_agent_blueprint_and_all(
         legs = sorted(e["leg"] for e in requests_since(admin, seq))
         assert legs == ["app", "t1"], legs
 
-        status, _, body = await _clear(s, broker.ops_url, {"type": "blueprint", "value": demo.BLUEPRINT_APP_ID})
+        status, _, body = await _clear(
+            s, broker.ops_url, {"type": "blueprint", "value": demo.BLUEPRINT_APP_ID}
+        )
         assert status == 200 and body["evicted"] == 5 and body["remaining"] == 0, body
         status, _, body = await _clear(s, broker.ops_url, {"type": "blueprint", "value": "someone-else"})
         assert status == 200 and body["evicted"] == 0, body
@@ -99,7 +101,9 @@ async def test_cache_clear_refuses_bad_secret_and_bad_bodies(
             assert resp.status == 404
 
 
-async def test_cache_clear_is_absent_without_a_secret(broker_factory: BrokerFactory, admin: EmulatorAdmin) -> None:
+async def test_cache_clear_is_absent_without_a_secret(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
     async with broker_factory() as broker, client_session() as s:
         assert broker.ops_url is not None
         status, ctype, body = await _clear(s, broker.ops_url, {"type": "all"})

@@ -49,17 +49,20 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
     admin.settings(access_token_lifetime=[LIFETIME, LIFETIME], exchange_token_lifetime=LIFETIME + 16)
-    async with broker_factory(
-        Broker__Cache__MinRemainingSeconds="5",
-        Broker__Cache__StaleFloorSeconds=str(STALE_FLOOR),
-        Broker__Cache__RefreshFraction="0.2",
-        Broker__Cache__BackoffBaseSeconds="0.5",
-        Broker__Cache__BackoffCapSeconds="1",
-        Broker__Cache__RetryAfterCapSeconds="1",
-        Broker__Cache__NegativeTtlSeconds="1",
-        Broker__Upstream__ReadTimeoutSeconds=str(READ_TIMEOUT),
-        Broker__Upstream__ConnectTimeoutSeconds="1",
-    ) as broker, client_session() as session:
+    async with (
+        broker_factory(
+            Broker__Cache__MinRemainingSeconds="5",
+            Broker__Cache__StaleFloorSeconds=str(STALE_FLOOR),
+            Broker__Cache__RefreshFraction="0.2",
+            Broker__Cache__BackoffBaseSeconds="0.5",
+            Broker__Cache__BackoffCapSeconds="1",
+            Broker__Cache__RetryAfterCapSeconds="1",
+            Broker__Cache__NegativeTtlSeconds="1",
+            Broker__Upstream__ReadTimeoutSeconds=str(READ_TIMEOUT),
+            Broker__Upstream__ConnectTimeoutSeconds="1",
+        ) as broker,
+        client_session() as session,
+    ):
         urls = {key: broker.api_urls[0] + app_path(*key) for key in KEYS}
         first = {key: await fetch(session, url) for key, url in urls.items()}
         assert {r.status for r in first.values()} == {200}

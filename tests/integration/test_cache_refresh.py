@@ -11,6 +11,7 @@ by jitter. An idle key must not be refreshed at all.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 
@@ -18,7 +19,16 @@ import aiohttp
 
 from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import A1, A2, Reply, app_path, client_session, fetch, requests_since, select
+from tests.integration.cache_helpers import (
+    A1,
+    A2,
+    Reply,
+    app_path,
+    client_session,
+    fetch,
+    requests_since,
+    select,
+)
 from tests.integration.conftest import BrokerFactory
 
 LIFETIME = 6
@@ -32,7 +42,9 @@ OBO_KEYS = 12
 EXP_ROUNDING = 1.0
 
 
-async def _hammer(session: aiohttp.ClientSession, url: str, until: float, token: str | None = None) -> list[Reply]:
+async def _hammer(
+    session: aiohttp.ClientSession, url: str, until: float, token: str | None = None
+) -> list[Reply]:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     replies = []
     while time.time() < until:
@@ -55,7 +67,7 @@ def _check_served(replies: list[Reply]) -> list[Reply]:
             seen.add(r.token)
             firsts.append(r)
     # Each new token was acquired (iat) and served before the previous one expired.
-    for old, new in zip(firsts, firsts[1:], strict=False):
+    for old, new in itertools.pairwise(firsts):
         assert new.claims["iat"] < old.claims["exp"], (old.claims, new.claims)
         assert new.received < old.claims["exp"], (new.received, old.claims["exp"])
     return firsts
@@ -66,11 +78,14 @@ async def test_hot_keys_are_refreshed_ahead_with_jitter_and_idle_keys_are_not(
 ) -> None:
     admin.settings(access_token_lifetime=[LIFETIME, LIFETIME], exchange_token_lifetime=EXCHANGE_LIFETIME)
     users = [admin.user_token(demo.DEMO_USER_UPN) for _ in range(OBO_KEYS)]
-    async with broker_factory(
-        Broker__Cache__MinRemainingSeconds=str(MIN_REMAINING),
-        Broker__Cache__StaleFloorSeconds=str(STALE_FLOOR),
-        Broker__Cache__JitterFraction="0.5",
-    ) as broker, client_session() as session:
+    async with (
+        broker_factory(
+            Broker__Cache__MinRemainingSeconds=str(MIN_REMAINING),
+            Broker__Cache__StaleFloorSeconds=str(STALE_FLOOR),
+            Broker__Cache__JitterFraction="0.5",
+        ) as broker,
+        client_session() as session,
+    ):
         api = broker.api_urls[0]
         idle = await fetch(session, api + app_path(A2))  # requested once, then never again
         assert idle.status == 200

@@ -30,8 +30,14 @@ RETRY_AFTER = 3
 async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
-    admin.fault(target="token", mode="status", status=429, retry_after=RETRY_AFTER, count=1,
-                match={"leg": "app", "client_id": A1})
+    admin.fault(
+        target="token",
+        mode="status",
+        status=429,
+        retry_after=RETRY_AFTER,
+        count=1,
+        match={"leg": "app", "client_id": A1},
+    )
     async with broker_factory() as broker, client_session() as s:
         url1 = broker.api_urls[0] + app_path(A1)
         first = await fetch(s, url1)
@@ -64,8 +70,14 @@ async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
 async def test_429_on_one_agents_t1_does_not_throttle_sibling_agents(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
-    admin.fault(target="token", mode="status", status=429, retry_after=30, count=1,
-                match={"leg": "t1", "fmi_path": A1})
+    admin.fault(
+        target="token",
+        mode="status",
+        status=429,
+        retry_after=30,
+        count=1,
+        match={"leg": "t1", "fmi_path": A1},
+    )
     async with broker_factory() as broker, client_session() as s:
         throttled = await fetch(s, broker.api_urls[0] + app_path(A1))
         assert throttled.status == 503 and int(throttled.headers["Retry-After"]) == 30
@@ -80,19 +92,30 @@ async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
     admin.settings(access_token_lifetime=[12, 12])
-    async with broker_factory(
-        Broker__Cache__MinRemainingSeconds="3",
-        Broker__Cache__StaleFloorSeconds="1",
-        Broker__Cache__RefreshFraction="0.2",
-        Broker__Cache__BackoffBaseSeconds="0.2",
-        Broker__Cache__BackoffCapSeconds="0.5",
-    ) as broker, client_session() as s:
+    async with (
+        broker_factory(
+            Broker__Cache__MinRemainingSeconds="3",
+            Broker__Cache__StaleFloorSeconds="1",
+            Broker__Cache__RefreshFraction="0.2",
+            Broker__Cache__BackoffBaseSeconds="0.2",
+            Broker__Cache__BackoffCapSeconds="0.5",
+        ) as broker,
+        client_session() as s,
+    ):
         url = broker.api_urls[0] + "/AuthorizationHeaderUnauthenticated/graph"  # the blueprint's app token
         first = await fetch(s, url)
         assert first.status == 200
-        assert first.claims["azp"] == demo.BLUEPRINT_APP_ID or first.claims.get("appid") == demo.BLUEPRINT_APP_ID
-        admin.fault(target="token", mode="status", status=429, retry_after=RETRY_AFTER, count=1,
-                    match={"leg": "blueprint_app"})
+        assert (
+            first.claims["azp"] == demo.BLUEPRINT_APP_ID or first.claims.get("appid") == demo.BLUEPRINT_APP_ID
+        )
+        admin.fault(
+            target="token",
+            mode="status",
+            status=429,
+            retry_after=RETRY_AFTER,
+            count=1,
+            match={"leg": "blueprint_app"},
+        )
         replies: list[Reply] = []
         deadline = time.time() + 7.5
         while time.time() < deadline:

@@ -187,7 +187,32 @@ async def test_definitive_refusal_during_background_refresh_evicts_group() -> No
     clock.set(cache.due_times()["k1"])
     await cache.run_due_refreshes()
     assert cache.peek("k1") is None and cache.peek("k2") is None
-    assert cache.tag_index_size() <= 1  # only k1's negative record remains tagged
+    assert cache.tag_index_size() <= 2  # only k1's and k2's negative records remain tagged
+    await cache.aclose()
+
+
+async def test_definitive_refusal_is_remembered_by_every_evicted_key() -> None:
+    """Siblings of a refused key answer the refusal from memory instead of each going
+    upstream (and wiping the others' negative records in turn)."""
+    cache, clock, up, obs = make()
+    for key in ("k1", "k2", "k3"):
+        await cache.get(key, up, tags=frozenset({"agent:a"}))
+    up.fail = FakeUpstream.definitive("agent disabled", tags={"agent:a"})
+    with pytest.raises(AcquireError):
+        await cache.get("k1", up, force_refresh=True)
+    calls = up.calls
+    for key in ("k2", "k3", "k1"):
+        with pytest.raises(AcquireError) as info:
+            await cache.get(key, up)
+        assert not info.value.transient and str(info.value) == "agent disabled"
+        assert info.value.retry_after is not None and 0 < info.value.retry_after <= 5
+    assert up.calls == calls
+    assert obs.evictions["revoked"] == 3
+    clock.advance(5)
+    await cache.run_due_refreshes()
+    assert len(cache) == 0 and cache.tag_index_size() == 0  # negative records age out
+    up.fail = None
+    assert (await cache.get("k2", up, tags=frozenset({"agent:a"}))).value.startswith("tok-")
     await cache.aclose()
 
 

@@ -1,0 +1,141 @@
+"""Revocation-aware refresh: disabling an agent (or its blueprint) in the emulator stops the
+broker serving its tokens at the next refresh, not at expiry; other agents keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from broker.emulator import demo
+from broker.emulator.runner import EmulatorAdmin
+from tests.integration.cache_helpers import (
+    A1,
+    A2,
+    UNAUTH,
+    Reply,
+    app_path,
+    client_session,
+    fetch,
+    last_seq,
+    requests_since,
+    select,
+)
+from tests.integration.conftest import BrokerFactory
+
+LIFETIME = 8
+NEGATIVE_TTL = 1.0
+PHASE_TIMEOUT = 10.0
+
+
+async def _worker(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
+    while not stop.is_set():
+        out.append(await fetch(session, url))
+        await asyncio.sleep(0.05)
+
+
+async def _until(predicate: object, timeout: float = PHASE_TIMEOUT) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+def _refused(replies: list[Reply], since: float) -> Reply | None:
+    return next((r for r in replies if r.sent >= since and r.status != 200), None)
+
+
+def _check_revoked_at_refresh(replies: list[Reply], since: float, until: float) -> None:
+    """The key went from 200 to a 401 AADSTS7000112 problem before its last token expired."""
+    refused = _refused(replies, since)
+    assert refused is not None
+    assert refused.status == 401 and refused.content_type == "application/problem+json", refused.body
+    assert refused.body["errorCode"] == "AADSTS7000112", refused.body
+    last_ok = [r for r in replies if r.status == 200 and r.received <= refused.sent][-1]
+    assert refused.received < last_ok.claims["exp"] - 0.5  # at the refresh, well before expiry
+    assert all(r.status == 401 for r in replies if refused.received <= r.sent and r.received < until)
+
+
+async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_refresh(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
+    admin.settings(access_token_lifetime=[LIFETIME, LIFETIME], exchange_token_lifetime=LIFETIME + 2)
+    async with (
+        broker_factory(
+            Broker__Cache__MinRemainingSeconds="2",
+            Broker__Cache__StaleFloorSeconds="1",
+            Broker__Cache__NegativeTtlSeconds=str(NEGATIVE_TTL),
+        ) as broker,
+        client_session() as session,
+    ):
+        api = broker.api_urls[0]
+        urls = {
+            "a1-graph": api + app_path(A1),
+            "a1-demo": api + app_path(A1, "demo"),
+            "a2-graph": api + app_path(A2),
+            "blueprint": api + f"{UNAUTH}/graph",
+        }
+        replies: dict[str, list[Reply]] = {name: [] for name in urls}
+        stop = asyncio.Event()
+        workers = [asyncio.ensure_future(_worker(session, u, stop, replies[n])) for n, u in urls.items()]
+        try:
+            await _until(lambda: all(replies.values()))
+            assert all(r[0].status == 200 for r in replies.values())
+
+            admin.disable_agent(A1)
+            agent_off = time.time()
+            await _until(
+                lambda: _refused(replies["a1-graph"], agent_off) and _refused(replies["a1-demo"], agent_off)
+            )
+            agent_stopped = time.time()
+            await asyncio.sleep(2 * NEGATIVE_TTL + 0.2)  # refused requests keep coming
+            revoked_seq = last_seq(admin)
+
+            admin.disable_blueprint(demo.BLUEPRINT_APP_ID)
+            blueprint_off = time.time()
+            await _until(
+                lambda: (
+                    _refused(replies["a2-graph"], blueprint_off)
+                    and _refused(replies["blueprint"], blueprint_off)
+                )
+            )
+
+            admin.enable_blueprint(demo.BLUEPRINT_APP_ID)
+            admin.enable_agent(A1)
+            enabled_seq = last_seq(admin)
+            enabled = time.time()
+            await _until(
+                lambda: all(r and r[-1].sent > enabled and r[-1].status == 200 for r in replies.values()),
+                timeout=NEGATIVE_TTL + 8,
+            )
+        finally:
+            stop.set()
+            async with asyncio.timeout(20):
+                await asyncio.gather(*workers)
+
+    # Phase 1: A1 stopped at its next refresh; A2 and the blueprint's own token never failed.
+    _check_revoked_at_refresh(replies["a1-graph"], agent_off, enabled)
+    _check_revoked_at_refresh(replies["a1-demo"], agent_off, enabled)
+    for name in ("a2-graph", "blueprint"):
+        assert all(r.status == 200 for r in replies[name] if r.received < blueprint_off), name
+    # While refused, A1 is not hammered upstream: about one attempt per negative TTL per key.
+    phase1 = requests_since(admin)
+    a1_refusals = [
+        e
+        for e in phase1
+        if e["seq"] <= revoked_seq
+        and e["status"] != 200
+        and A1 in ((e["client_id"] or "").lower(), (e["fmi_path"] or "").lower())
+    ]
+    a1_requests = sum(1 for n in ("a1-graph", "a1-demo") for r in replies[n] if agent_stopped <= r.sent)
+    assert len(a1_refusals) <= 2 * ((2 * NEGATIVE_TTL + 1) / NEGATIVE_TTL + 1), a1_refusals
+    assert a1_requests > 5 * len(a1_refusals)
+
+    # Phase 2: disabling the blueprint stopped every remaining key at its next refresh.
+    _check_revoked_at_refresh(replies["a2-graph"], blueprint_off, enabled)
+    _check_revoked_at_refresh(replies["blueprint"], blueprint_off, enabled)
+
+    # Re-enabled: requests reach the authority again (no client-side replay of the 400s).
+    after = requests_since(admin, enabled_seq)
+    assert select(after, leg="app", client_id=A1, status=200)
+    assert select(after, leg="blueprint_app", status=200)

@@ -109,15 +109,18 @@ class TokenService:
         return token.value
 
     def key_for(self, req: TokenRequest) -> tuple[object, ...]:
-        """The cache key of a request (assertions hashed inside ``token_key``)."""
+        """The cache key of a request (assertions hashed inside ``token_key``).
+
+        Claims are not part of the key: a claims challenge bypasses the cached token
+        and the token acquired with the claims replaces it (as MSAL does), so a token
+        the resource rejected is not served again.
+        """
         tenant = self._tenant(req.tenant)
         client = req.agent or self.legs.blueprint_id
         if req.flow is Flow.AGENT_USER:
             user = f"upn:{req.username}" if req.username else f"oid:{req.user_object_id}"
-            return token_key(req.flow.value, tenant, client, user=user, scopes=req.scopes, claims=req.claims)
-        return token_key(
-            req.flow.value, tenant, client, assertion=req.user_assertion, scopes=req.scopes, claims=req.claims
-        )
+            return token_key(req.flow.value, tenant, client, user=user, scopes=req.scopes)
+        return token_key(req.flow.value, tenant, client, assertion=req.user_assertion, scopes=req.scopes)
 
     def peek(self, req: TokenRequest) -> CachedToken | None:
         """Hot path: a fresh cached token for ``req`` or ``None`` (no I/O)."""

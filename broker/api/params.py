@@ -188,8 +188,13 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
             parsed["claims"] = json.dumps(decoded, separators=(",", ":"), sort_keys=True)
         elif sub == "acquiretokenoptions.correlationid":
             parsed["correlation_id"] = _guid(raw_name, _single(raw_name, values))
-        elif sub in DOWNSTREAM_OVERRIDES or sub.startswith(DOWNSTREAM_PREFIXES):
+        elif sub in DOWNSTREAM_OVERRIDES:
             downstream[sub] = _single(raw_name, values)
+            continue
+        elif sub.startswith(DOWNSTREAM_PREFIXES):
+            # "extraqueryparameters.<Name>": the prefix lowercased, the name as given (query names are case-sensitive).
+            prefix = next(p for p in DOWNSTREAM_PREFIXES if sub.startswith(p))
+            downstream[prefix + raw_name[len(OVERRIDE_PREFIX) + len(prefix) :]] = _single(raw_name, values)
             continue
         else:
             raise ProblemError(

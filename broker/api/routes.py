@@ -141,11 +141,14 @@ def _agent_request(
     return TokenRequest(flow_if_agent, agent=query.agent, **common, **extra)  # type: ignore[arg-type]
 
 
-async def authorization_header(request: web.Request) -> web.Response:
-    """``GET /AuthorizationHeader/{api}``: needs a validated inbound user token."""
-    runtime = request.app[RUNTIME]
-    query = parse_query(request.query)
-    _check_overrides(runtime, ROUTE_AUTH, query, implied=frozenset())
+async def authenticated_token_request(
+    request: web.Request, runtime: Runtime, query: ParsedQuery, *, route: str = ROUTE_AUTH
+) -> TokenRequest:
+    """The token an authenticated route (``/AuthorizationHeader``, ``/DownstreamApi``) asks for.
+
+    ``route`` names the ``Sidecar__AllowOverrides`` flag that gates token overrides.
+    """
+    _check_overrides(runtime, route, query, implied=frozenset())
     token = bearer_token(request)
     await validated_claims(runtime, token)
     api = request.match_info["api"]
@@ -157,7 +160,26 @@ async def authorization_header(request: web.Request) -> web.Response:
     else:
         flow = Flow.BLUEPRINT_APP if app_token else Flow.BLUEPRINT_OBO
     assertion = None if flow in (Flow.AGENT_APP, Flow.BLUEPRINT_APP) else token
-    req = _agent_request(query, flow, scopes, user_assertion=assertion)
+    return _agent_request(query, flow, scopes, user_assertion=assertion)
+
+
+def unauthenticated_token_request(
+    request: web.Request, runtime: Runtime, query: ParsedQuery, *, route: str = ROUTE_UNAUTH
+) -> TokenRequest:
+    """The token an unauthenticated route asks for: app or agent-user tokens, no inbound token."""
+    implied = frozenset({"requestapptoken"}) if query.request_app_token else frozenset()
+    _check_overrides(runtime, route, query, implied=implied)
+    api = request.match_info["api"]
+    scopes = _scopes_for(runtime, api, query)
+    flow = Flow.AGENT_APP if query.agent else Flow.BLUEPRINT_APP
+    return _agent_request(query, flow, scopes)
+
+
+async def authorization_header(request: web.Request) -> web.Response:
+    """``GET /AuthorizationHeader/{api}``: needs a validated inbound user token."""
+    runtime = request.app[RUNTIME]
+    query = parse_query(request.query)
+    req = await authenticated_token_request(request, runtime, query)
     return await serve_token(runtime, req)
 
 
@@ -165,12 +187,7 @@ async def authorization_header_unauthenticated(request: web.Request) -> web.Resp
     """``GET /AuthorizationHeaderUnauthenticated/{api}``: app or agent-user tokens, no inbound token."""
     runtime = request.app[RUNTIME]
     query = parse_query(request.query)
-    implied = frozenset({"requestapptoken"}) if query.request_app_token else frozenset()
-    _check_overrides(runtime, ROUTE_UNAUTH, query, implied=implied)
-    api = request.match_info["api"]
-    scopes = _scopes_for(runtime, api, query)
-    flow = Flow.AGENT_APP if query.agent else Flow.BLUEPRINT_APP
-    return await serve_token(runtime, _agent_request(query, flow, scopes))
+    return await serve_token(runtime, unauthenticated_token_request(request, runtime, query))
 
 
 async def validate(request: web.Request) -> web.Response:

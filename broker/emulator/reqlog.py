@@ -25,21 +25,23 @@ class RequestLog:
         status: int,
         error_code: int | None = None,
         fault: str | None = None,
+        claims: str | None = None,
     ) -> int:
         self._seq += 1
-        self._entries.append(
-            {
-                "seq": self._seq,
-                "time": time.time(),
-                "endpoint": endpoint,
-                "leg": leg,
-                "client_id": client_id,
-                "fmi_path": fmi_path,
-                "status": status,
-                "error_code": error_code,
-                "fault": fault,
-            }
-        )
+        entry: dict[str, Any] = {
+            "seq": self._seq,
+            "time": time.time(),
+            "endpoint": endpoint,
+            "leg": leg,
+            "client_id": client_id,
+            "fmi_path": fmi_path,
+            "status": status,
+            "error_code": error_code,
+            "fault": fault,
+        }
+        if claims is not None:  # a claims challenge is not a secret; tests check it was sent
+            entry["claims"] = claims
+        self._entries.append(entry)
         self._counts[leg] += 1
         return self._seq
 

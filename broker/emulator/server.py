@@ -107,7 +107,8 @@ async def token(request: web.Request) -> web.StreamResponse:
         return resp
     correlation = request.headers.get("client-request-id")
     result = handle_token(state, tenant, form, correlation)
-    state.log.record("token", result.leg, result.client_id, result.fmi_path, result.status, result.error_code, fault)
+    state.log.record("token", result.leg, result.client_id, result.fmi_path, result.status, result.error_code, fault,
+                     claims=form.get("claims"))
     headers = {"x-ms-request-id": str(result.body.get("trace_id", ""))} if result.error_code else {}
     if correlation:
         headers["client-request-id"] = correlation

@@ -9,12 +9,14 @@ from broker.settings.model import (
     DEFAULT_LISTEN,
     DEFAULT_OPS_LISTEN,
     CacheConfig,
+    DownstreamCallConfig,
     Listen,
+    ManagedIdentityEndpointConfig,
     RedisCacheConfig,
     Secret,
     UpstreamConfig,
 )
-from broker.settings.reader import Section, indexed_children
+from broker.settings.reader import Section, indexed_children, is_guid
 from broker.settings.tree import URLS_VARIABLE, Node
 
 LOG_LEVELS: Mapping[str, str] = {
@@ -137,6 +139,43 @@ def read_upstream(section: Section) -> UpstreamConfig:
     )
     section.check_unknown()
     return config
+
+
+def read_downstream(section: Section) -> DownstreamCallConfig:
+    """``Broker__Downstream__*``: limits of the ``/DownstreamApi*`` routes' outbound calls."""
+    d = DownstreamCallConfig()
+    config = DownstreamCallConfig(
+        timeout_seconds=section.get_float("TimeoutSeconds", d.timeout_seconds, 0, 600, low_open=True),
+        max_response_bytes=section.get_int("MaxResponseBytes", d.max_response_bytes, 1, 1 << 30),
+        max_request_bytes=section.get_int("MaxRequestBytes", d.max_request_bytes, 0, 1 << 30),
+    )
+    section.check_unknown()
+    return config
+
+
+def read_managed_identity_endpoint(section: Section) -> ManagedIdentityEndpointConfig:
+    """``Broker__ManagedIdentityEndpoint__*``: on when a secret (file) is configured or ``Enabled=true``."""
+    d = ManagedIdentityEndpointConfig()
+    secret = section.get_str("Secret")
+    secret_file = section.get_str("SecretFile")
+    enabled = section.get_bool("Enabled", secret is not None or secret_file is not None)
+    agent = section.get_str("DefaultAgentIdentity")
+    if secret is not None and secret_file is not None:
+        section.problems.error(section.key("SecretFile"), "give either Secret or SecretFile, not both")
+    if secret is not None and len(secret) < 16:
+        section.problems.error(section.key("Secret"), "must be at least 16 characters long")
+    if agent is not None and not is_guid(agent):
+        section.problems.error(
+            section.key("DefaultAgentIdentity"), "must be an agent identity client id (GUID)"
+        )
+        agent = None
+    section.check_unknown()
+    return ManagedIdentityEndpointConfig(
+        enabled=enabled,
+        secret=Secret(secret) if secret is not None else None,
+        secret_file=secret_file or d.secret_file,
+        default_agent_identity=agent.lower() if agent else None,
+    )
 
 
 def read_log_level(section: Section) -> str:

@@ -9,7 +9,14 @@ from typing import Any
 
 from broker.settings.apis import read_downstream_apis, read_sidecar
 from broker.settings.azure_ad import read_azure_ad
-from broker.settings.broker_section import read_cache, read_listeners, read_log_level, read_upstream
+from broker.settings.broker_section import (
+    read_cache,
+    read_downstream,
+    read_listeners,
+    read_log_level,
+    read_managed_identity_endpoint,
+    read_upstream,
+)
 from broker.settings.model import REDACTED, ConfigError, Listen, Secret, Settings
 from broker.settings.reader import Problems, Section
 from broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE, build_tree
@@ -48,6 +55,8 @@ def load_settings(
     listen, ops_listen = read_listeners(broker, section("Kestrel"), tree.root)
     cache = read_cache(broker.sub("Cache"))
     upstream = read_upstream(broker.sub("Upstream"))
+    downstream_calls = read_downstream(broker.sub("Downstream"))
+    mi_endpoint = read_managed_identity_endpoint(broker.sub("ManagedIdentityEndpoint"))
     strict = broker.get_bool("Strict", False)
     broker.check_unknown()
     log_level = read_log_level(section("Logging"))
@@ -61,6 +70,8 @@ def load_settings(
         ops_listen=ops_listen,
         cache=cache,
         upstream=upstream,
+        downstream=downstream_calls,
+        managed_identity_endpoint=mi_endpoint,
         log_level=log_level,
         strict=strict,
         warnings=tuple(problems.warnings),
@@ -152,6 +163,17 @@ def effective_config(settings: Settings) -> dict[str, Any]:
                 "MaxConcurrency": settings.upstream.max_concurrency,
                 "ConnectTimeoutSeconds": settings.upstream.connect_timeout_seconds,
                 "ReadTimeoutSeconds": settings.upstream.read_timeout_seconds,
+            },
+            "Downstream": {
+                "TimeoutSeconds": settings.downstream.timeout_seconds,
+                "MaxResponseBytes": settings.downstream.max_response_bytes,
+                "MaxRequestBytes": settings.downstream.max_request_bytes,
+            },
+            "ManagedIdentityEndpoint": {
+                "Enabled": settings.managed_identity_endpoint.enabled,
+                "Secret": _plain(settings.managed_identity_endpoint.secret),
+                "SecretFile": settings.managed_identity_endpoint.secret_file,
+                "DefaultAgentIdentity": settings.managed_identity_endpoint.default_agent_identity,
             },
         },
         "Logging": {"LogLevel": {"Default": settings.log_level}},

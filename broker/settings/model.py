@@ -236,6 +236,32 @@ class UpstreamConfig:
     read_timeout_seconds: float = 10.0
 
 
+DEFAULT_IDENTITY_HEADER_FILE = "/tmp/agent-token-broker/identity-header"  # noqa: S108 - documented default
+
+
+@dataclass(frozen=True)
+class DownstreamCallConfig:
+    """``Broker__Downstream__*``: calls made by the ``/DownstreamApi*`` routes."""
+
+    timeout_seconds: float = 30.0
+    max_response_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ManagedIdentityEndpointConfig:
+    """``Broker__ManagedIdentityEndpoint__*``: the App Service managed-identity endpoint ``/msi/token``.
+
+    ``secret`` is the ``X-IDENTITY-HEADER`` value; when None the value is read from
+    ``secret_file`` (generated and written there if the file does not exist).
+    """
+
+    enabled: bool = False
+    secret: Secret | None = None
+    secret_file: str = DEFAULT_IDENTITY_HEADER_FILE
+    default_agent_identity: str | None = None
+
+
 DEFAULT_LISTEN = Listen("tcp", "127.0.0.1", 5000)
 DEFAULT_OPS_LISTEN = Listen("tcp", "0.0.0.0", 9464)  # noqa: S104 - metrics port, by design
 
@@ -251,6 +277,10 @@ class Settings:
     ops_listen: Listen | None = DEFAULT_OPS_LISTEN
     cache: CacheConfig = field(default_factory=CacheConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    downstream: DownstreamCallConfig = field(default_factory=DownstreamCallConfig)
+    managed_identity_endpoint: ManagedIdentityEndpointConfig = field(
+        default_factory=ManagedIdentityEndpointConfig
+    )
     log_level: str = "INFO"
     strict: bool = False
     warnings: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.api.app import create_api_app, create_ops_app
+from broker.api.protocol import ProblemAppRunner
 from broker.runtime import Runtime
 from broker.settings import Listen, Settings
 
@@ -29,14 +30,14 @@ class RunningBroker:
     ops_url: str | None
 
 
-async def _start_site(runner: web.AppRunner, listen: Listen) -> str:
+async def _start_site(runner: web.AppRunner, listen: Listen, *, socket_mode: int = 0o660) -> str:
     if listen.kind == "unix":
         assert listen.path is not None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen.path)
         site: web.BaseSite = web.UnixSite(runner, listen.path)
         await site.start()
-        os.chmod(listen.path, 0o660)
+        os.chmod(listen.path, socket_mode)
         return f"unix:{listen.path}"
     site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
     await site.start()
@@ -56,10 +57,13 @@ async def running(settings: Settings, *, wait_ready: float | None = None) -> Asy
     warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
     runners: list[web.AppRunner] = []
     try:
-        api_runner = web.AppRunner(create_api_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        api_runner = ProblemAppRunner(
+            create_api_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+        )
         await api_runner.setup()
         runners.append(api_runner)
-        api_urls = [await _start_site(api_runner, listen) for listen in settings.listen]
+        mode = settings.security.unix_socket_mode
+        api_urls = [await _start_site(api_runner, listen, socket_mode=mode) for listen in settings.listen]
         ops_url = None
         if settings.ops_listen is not None:
             ops_runner = web.AppRunner(create_ops_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)

@@ -7,6 +7,8 @@ import logging
 
 from aiohttp import web
 
+from broker.api import policy
+from broker.api.limits import admit_cache_miss
 from broker.api.params import ParsedQuery, parse_query
 from broker.api.problems import NO_STORE, ProblemError, retry_after_header
 from broker.api.state import RUNTIME
@@ -113,6 +115,7 @@ async def serve_token(runtime: Runtime, req: TokenRequest) -> web.Response:
     token = runtime.tokens.peek(req)
     if token is not None:
         return token_response(token)
+    admit_cache_miss(req, runtime.tokens.key_for(req))  # 429 past Broker__Limits__CacheMiss*
     try:
         token = await runtime.tokens.get(req)
     except AcquireError as err:
@@ -150,9 +153,11 @@ async def authenticated_token_request(
     """
     _check_overrides(runtime, route, query, implied=frozenset())
     token = bearer_token(request)
-    await validated_claims(runtime, token)
+    claims = await validated_claims(runtime, token)
+    policy.check_caller_token(runtime.settings, claims)
     api = request.match_info["api"]
     scopes = _scopes_for(runtime, api, query)
+    policy.check_request(runtime.settings, api, query)
     config = runtime.downstream_api(api)
     app_token = query.request_app_token or bool(config and config.request_app_token)
     if query.agent:
@@ -171,6 +176,7 @@ def unauthenticated_token_request(
     _check_overrides(runtime, route, query, implied=implied)
     api = request.match_info["api"]
     scopes = _scopes_for(runtime, api, query)
+    policy.check_request(runtime.settings, api, query)
     flow = Flow.AGENT_APP if query.agent else Flow.BLUEPRINT_APP
     return _agent_request(query, flow, scopes)
 

@@ -40,6 +40,7 @@ def _read_api(entry: Section, name: str) -> DownstreamApiConfig | None:
     if method not in HTTP_METHODS:
         problems.error(entry.key("HttpMethod"), f"must be one of {', '.join(HTTP_METHODS)}, got {method!r}")
     scopes = entry.get_list("Scopes") or ()
+    allowed_scopes = entry.get_list("AllowedScopes")
     request_app_token = entry.get_bool("RequestAppToken", False)
     accept = entry.get_str("AcceptHeader")
     content_type = entry.get_str("ContentType")
@@ -66,6 +67,7 @@ def _read_api(entry: Section, name: str) -> DownstreamApiConfig | None:
         accept_header=accept,
         content_type=content_type,
         tenant=tenant,
+        allowed_scopes=allowed_scopes,
     )
 
 

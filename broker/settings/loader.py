@@ -19,6 +19,7 @@ from broker.settings.broker_section import (
 )
 from broker.settings.model import REDACTED, ConfigError, Listen, Secret, Settings
 from broker.settings.reader import Problems, Section
+from broker.settings.security import effective_security, read_security
 from broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE, build_tree
 
 
@@ -58,6 +59,7 @@ def load_settings(
     downstream_calls = read_downstream(broker.sub("Downstream"))
     mi_endpoint = read_managed_identity_endpoint(broker.sub("ManagedIdentityEndpoint"))
     strict = broker.get_bool("Strict", False)
+    security = read_security(broker, strict=strict)
     broker.check_unknown()
     log_level = read_log_level(section("Logging"))
     if problems.errors or azure_ad is None:
@@ -74,6 +76,7 @@ def load_settings(
         managed_identity_endpoint=mi_endpoint,
         log_level=log_level,
         strict=strict,
+        security=security,
         warnings=tuple(problems.warnings),
     )
 
@@ -144,6 +147,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
             "Listen": [str(listen) for listen in settings.listen],
             "OpsListen": _listen_text(settings.ops_listen) or "off",
             "Strict": settings.strict,
+            **effective_security(settings.security),
             "Cache": {
                 "MinRemainingSeconds": cache.min_remaining_seconds,
                 "StaleFloorSeconds": cache.stale_floor_seconds,

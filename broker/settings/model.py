@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeVar
 
+from broker.settings.security import SecurityConfig
+
 REDACTED = "<redacted>"
 
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
@@ -140,6 +142,7 @@ class DownstreamApiConfig:
     accept_header: str | None = None
     content_type: str | None = None
     tenant: str | None = None
+    allowed_scopes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -283,4 +286,5 @@ class Settings:
     )
     log_level: str = "INFO"
     strict: bool = False
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     warnings: tuple[str, ...] = ()

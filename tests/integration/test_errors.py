@@ -60,7 +60,10 @@ async def test_unknown_api_is_400_then_404_in_strict_mode(
         assert_problem(status, body, headers, 400)
         assert "No scopes found" in str(body["detail"])
     async with broker_factory(Broker__Strict="true") as broker:
-        status, body, headers = await get(http, broker, f"{UNAUTH}/nope?AgentIdentity={A1}")
+        strict_header = {"X-Token-Broker-Request": "true"}  # strict mode requires it
+        status, body, headers = await get(
+            http, broker, f"{UNAUTH}/nope?AgentIdentity={A1}", headers=strict_header
+        )
         assert_problem(status, body, headers, 404)
 
 

@@ -65,7 +65,7 @@ class TokenService:
     ) -> CachedToken:
         if self.shared is not None:
             current = functools.partial(self.cache.current, key)
-            acquire = self.shared.wrap(key, acquire, current=current, forced=force_refresh)
+            acquire = self.shared.wrap(key, acquire, current=current, forced=force_refresh, tags=tags)
         return await self.cache.get(key, acquire, tags=tags, force_refresh=force_refresh)
 
     def _tenant(self, request_tenant: str | None) -> str:

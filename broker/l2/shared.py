@@ -15,8 +15,10 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
+from cachetools import TTLCache
+
 from broker.cache.policy import CachePolicy, is_servable
-from broker.cache.token import CachedToken
+from broker.cache.token import AcquireError, CachedToken
 from broker.l2.breaker import BreakerState
 from broker.l2.observer import CountingObserver
 from broker.l2.sealing import KeyRing, SealError
@@ -32,6 +34,8 @@ SHARED_FLOWS = frozenset({"t1", "t2", "agent_app", "agent_user", "blueprint_app"
 OBO_FLOWS = frozenset({"agent_obo", "blueprint_obo"})
 _POLL_FIRST = 0.01
 _POLL_MAX = 0.1
+_REVOKED_MAX = 10_000
+_REVOKED_TTL = 3 * 3600.0  # longer than any Entra access token lives
 
 
 def encode_token(token: CachedToken) -> bytes:
@@ -92,6 +96,8 @@ class SharedTokenCache:
         self._clock = clock
         self._prefix = prefix
         self._monitor: asyncio.Task[None] | None = None
+        # tag -> time of a definitive refusal: older shared tokens of that tag are not served here
+        self._revoked: TTLCache[str, float] = TTLCache(_REVOKED_MAX, _REVOKED_TTL)
 
     # ------------------------------------------------------------------ scope
     def shares(self, key: Hashable) -> bool:
@@ -106,11 +112,22 @@ class SharedTokenCache:
         return f"{self._prefix}{{{self.keys.name(key)}}}"
 
     # ------------------------------------------------------------------ wrap
-    def wrap(self, key: Hashable, acquire: Acquire, *, current: Current, forced: bool = False) -> Acquire:
+    def wrap(
+        self,
+        key: Hashable,
+        acquire: Acquire,
+        *,
+        current: Current,
+        forced: bool = False,
+        tags: frozenset[str] = frozenset(),
+    ) -> Acquire:
         """An acquire function for ``key`` that goes through L2. ``current`` returns L1's token.
 
         ``forced`` (ForceRefresh): the first call skips the L2 read and the lock;
         later calls (background refreshes reusing this function) behave normally.
+        ``tags`` (the L1 revocation tags): after a definitive refusal naming one of
+        them, shared tokens acquired before it are not taken from L2 by this broker,
+        as the L1 evicted its own (the refused key's L2 entry is deleted).
         """
         if not self.shares(key):
             return acquire
@@ -119,23 +136,25 @@ class SharedTokenCache:
         async def shared_acquire() -> CachedToken:
             bypass = pending_force[0]
             pending_force[0] = False
-            return await self._acquire(key, acquire, current, bypass)
+            return await self._acquire(key, acquire, current, bypass, tags)
 
         return shared_acquire
 
-    async def _acquire(self, key: Hashable, acquire: Acquire, current: Current, bypass: bool) -> CachedToken:
+    async def _acquire(
+        self, key: Hashable, acquire: Acquire, current: Current, bypass: bool, tags: frozenset[str]
+    ) -> CachedToken:
         name = self.redis_name(key)
         lock_name = name + ":lock"
         lock_token: str | None = None
         if bypass:
             self.observer.lookup("bypass")
         else:
-            found = await self._read(name, current)
+            found = await self._read(name, current, tags)
             if found is not None:
                 return found
             taken = await self.store.try_lock(lock_name)
             if taken is False:
-                found, lock_token = await self._wait(name, lock_name, current)
+                found, lock_token = await self._wait(name, lock_name, current, tags)
                 if found is not None:
                     return found
             elif taken is None:
@@ -144,15 +163,25 @@ class SharedTokenCache:
                 self.observer.lock("acquired")
                 lock_token = taken
         try:
-            token = await acquire()
+            try:
+                token = await acquire()
+            except AcquireError as err:
+                if not err.transient:
+                    now = self._clock()
+                    for tag in err.evict_tags:  # what the L1 evicts too
+                        self._revoked[tag] = now
+                    await self.store.delete(name)
+                raise
             await self._write(name, token)
         finally:
             if lock_token is not None:
                 await self.store.unlock(lock_name, lock_token)
         return token
 
-    def _usable(self, token: CachedToken, current: Current) -> bool:
+    def _usable(self, token: CachedToken, current: Current, tags: frozenset[str]) -> bool:
         if not is_servable(token, self._clock(), self.policy, degraded=False):
+            return False
+        if self._revoked and any(token.acquired_at <= self._revoked.get(t, -1.0) for t in tags):
             return False
         held = current()
         return held is None or token.expires_at > held.expires_at
@@ -166,7 +195,7 @@ class SharedTokenCache:
             self.observer.rejected("malformed")
         return None
 
-    async def _read(self, name: str, current: Current) -> CachedToken | None:
+    async def _read(self, name: str, current: Current, tags: frozenset[str]) -> CachedToken | None:
         blob = await self.store.get(name)
         if blob is None:
             self.observer.lookup("miss")
@@ -174,14 +203,14 @@ class SharedTokenCache:
         token = self._open(name, blob)
         if token is None:
             return None
-        if not self._usable(token, current):
+        if not self._usable(token, current, tags):
             self.observer.lookup("unusable")
             return None
         self.observer.lookup("hit")
         return token
 
     async def _wait(
-        self, name: str, lock_name: str, current: Current
+        self, name: str, lock_name: str, current: Current, tags: frozenset[str]
     ) -> tuple[CachedToken | None, str | None]:
         """Another replica holds the lock: poll for its value at most ``lock_ttl``.
 
@@ -199,7 +228,7 @@ class SharedTokenCache:
                 break
             if blob is not None:
                 token = self._open(name, blob)
-                if token is not None and self._usable(token, current):
+                if token is not None and self._usable(token, current, tags):
                     self.observer.lock("waited_hit")
                     return token, None
             if not held:  # the holder finished (or failed) without a usable value: try to lead

@@ -136,6 +136,9 @@ class RedisStore:
         ok, _ = await self._run("set", lambda: self._client.set(name, value, px=ttl_ms))
         return ok
 
+    async def delete(self, name: str) -> None:
+        await self._run("delete", lambda: self._client.delete(name))
+
     async def try_lock(self, lock_name: str) -> str | Literal[False] | None:
         """``str`` (our lock token) when taken, ``False`` when someone else holds it, ``None`` on error."""
         token = os.urandom(12).hex()

@@ -12,7 +12,7 @@ import pytest
 from broker.cache.engine import TokenCache
 from broker.cache.keys import token_key
 from broker.cache.policy import CachePolicy
-from broker.cache.token import CachedToken
+from broker.cache.token import AcquireError, CachedToken
 from broker.l2 import KeyRing, KeyRingError, SealError, SharedTokenCache, build_shared_cache
 from broker.l2.breaker import BreakerState, CircuitBreaker
 from broker.l2.sealing import load_key_ring, parse_keys
@@ -123,6 +123,41 @@ async def test_unreachable_redis_is_bounded_and_opens_the_circuit(tmp_path: Path
         assert shared.observer.counts["breaker:open"] == 1
     finally:
         await cache.aclose()
+        await shared.aclose()
+
+
+async def test_a_definitive_refusal_stops_serving_older_shared_tokens_of_the_revoked_tag(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    shared = make_shared(redis_server, tmp_path)
+    other = token_key("agent_app", "tenant", "agent-1", scopes=["api://demo/.default"])
+    tags = frozenset({"agent:agent-1"})
+    writer, reader = TokenCache(POLICY), TokenCache(POLICY)
+    up = Upstream()
+
+    async def refused() -> CachedToken:
+        raise AcquireError("agent disabled", transient=False, evict_tags=tags)
+
+    try:
+        for k in (KEY, other):  # replica 1 fills Redis with two tokens of agent-1
+            await writer.get(
+                k, shared.wrap(k, up, current=lambda k=k: writer.current(k), tags=tags), tags=tags
+            )
+        assert up.calls == 2
+        # Replica 2 is refused for KEY (forced refresh): its L1 evicts every agent-1 token...
+        with pytest.raises(AcquireError):
+            acquire = shared.wrap(KEY, refused, current=lambda: reader.current(KEY), forced=True, tags=tags)
+            await reader.get(KEY, acquire, tags=tags, force_refresh=True)
+        assert redis_server.client().get(shared.redis_name(KEY)) is None  # refused key deleted from Redis
+        # ...and does not take the older shared token of the same agent from Redis either.
+        token = await reader.get(
+            other, shared.wrap(other, up, current=lambda: reader.current(other), tags=tags)
+        )
+        assert up.calls == 3 and token.acquired_at > 0
+        assert shared.observer.counts["lookup:unusable"] == 1
+    finally:
+        await writer.aclose()
+        await reader.aclose()
         await shared.aclose()
 
 

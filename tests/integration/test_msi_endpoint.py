@@ -8,6 +8,7 @@ container would have set.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import time
@@ -23,9 +24,10 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ManagedIdentityCredential
 
 from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from broker.emulator.runner import EmulatorAdmin, EmulatorServer
 from broker.server import RunningBroker
-from tests.integration.conftest import BrokerFactory
+from broker.settings import ConfigError, effective_config, load_settings
+from tests.integration.conftest import BrokerFactory, base_env
 from tests.integration.helpers import claims_of
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
@@ -196,3 +198,32 @@ async def test_generated_secret_file(
         assert status == 401
         status, _ = await msi_get(http, broker, query, header="rotated-secret-rotated-secret")
         assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ({"Secret": "short"}, "at least 16"),
+        ({"Secret": SECRET, "SecretFile": "/tmp/x"}, "not both"),
+        ({"Secret": SECRET, "DefaultAgentIdentity": "agent-1"}, "GUID"),
+        ({"Enabled": "maybe"}, "true or false"),
+        ({"Port": "1"}, "unknown key"),
+    ],
+)
+def test_configuration_errors(emulator: EmulatorServer, keys: dict[str, str], words: str) -> None:
+    env = base_env(emulator, **{f"Broker__ManagedIdentityEndpoint__{k}": v for k, v in keys.items()})
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert any("Broker__ManagedIdentityEndpoint__" in p and words in p for p in info.value.problems), (
+        info.value
+    )
+    assert SECRET not in str(info.value)
+
+
+def test_configuration_defaults_and_redaction(emulator: EmulatorServer) -> None:
+    settings = load_settings(env=base_env(emulator))
+    assert not settings.managed_identity_endpoint.enabled
+    settings = load_settings(env=base_env(emulator, Broker__ManagedIdentityEndpoint__Secret=SECRET))
+    assert settings.managed_identity_endpoint.enabled
+    assert SECRET not in json.dumps(effective_config(settings))
+    assert settings.downstream.max_response_bytes == 10 * 1024 * 1024

@@ -104,7 +104,8 @@ async def test_hot_keys_are_refreshed_ahead_with_jitter_and_idle_keys_are_not(
     firsts = _check_served(hot)
     assert len(firsts) >= 3, len(firsts)
     hot_acquisitions = select(entries, leg="app", client_id=A1)
-    assert len(hot_acquisitions) == len(firsts), (len(hot_acquisitions), len(firsts))
+    # one acquisition per served token (the last one may have landed after the run ended)
+    assert len(firsts) <= len(hot_acquisitions) <= len(firsts) + 1, (len(hot_acquisitions), len(firsts))
 
     # The idle key was acquired once and never refreshed.
     assert len(select(entries, leg="app", client_id=A2)) == 1
@@ -113,15 +114,13 @@ async def test_hot_keys_are_refreshed_ahead_with_jitter_and_idle_keys_are_not(
     # Many OBO keys acquired together: served the same way, refreshes spread by jitter.
     obo_firsts = [_check_served(replies) for replies in obo]
     assert all(len(f) >= 3 for f in obo_firsts), [len(f) for f in obo_firsts]
-    initial = [f[0].claims["iat"] for f in obo_firsts]
+    initial = sorted(f[0].received for f in obo_firsts)
     first_refresh = sorted(f[1].received for f in obo_firsts)
-    obo_log_times = sorted(e["time"] for e in select(entries, leg="obo"))
-    assert len(obo_log_times) == sum(len(f) for f in obo_firsts)
-    # All keys were first acquired within a second or so of each other (same integer iat
-    # or adjacent), yet their first refreshes are spread over a much wider window.
-    assert max(initial) - min(initial) <= 2
+    served_tokens = sum(len(f) for f in obo_firsts)
+    assert served_tokens <= len(select(entries, leg="obo")) <= served_tokens + OBO_KEYS
+    # Acquired together, the keys' first refreshes are spread well beyond the spread of
+    # their first acquisitions (no jitter: all within that initial spread).
+    initial_spread = initial[-1] - initial[0]
     spread = first_refresh[-1] - first_refresh[0]
-    assert spread > 1.0, first_refresh
+    assert spread > max(1.0, initial_spread + 0.5), (initial_spread, first_refresh)
     assert statistics.pstdev(first_refresh) > 0.3, first_refresh
-    distinct = {round(t, 1) for t in obo_log_times}
-    assert len(distinct) >= len(obo_log_times) * 0.6, (len(distinct), len(obo_log_times))

@@ -1,0 +1,172 @@
+"""``/metrics`` on the ops listener of a real broker against the emulator: names, values, request ids,
+and bounded cardinality under 100,000 distinct agent/user keys."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.cache.token import CachedToken
+from broker.emulator import demo
+from broker.emulator.runner import EmulatorAdmin
+from broker.server import RunningBroker
+from broker.tokens import Flow, TokenRequest
+from tests.integration.conftest import BrokerFactory
+from tests.integration.helpers import get
+
+P = "agent_token_broker_"
+UNAUTH_ROUTE = "/AuthorizationHeaderUnauthenticated/{api}"
+APP_PATH = f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}"
+
+
+async def scrape(http: aiohttp.ClientSession, broker: RunningBroker) -> str:
+    assert broker.ops_url is not None
+    async with http.get(broker.ops_url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        return await resp.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[(P + name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_count_requests_cache_and_upstream(
+    broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    text = await scrape(http, broker)
+    # Series of known label values exist at 0 from startup.
+    assert value(text, "http_requests_total", route=UNAUTH_ROUTE, status="200") == 0
+    assert value(text, "http_requests_total", route="unmatched", status="404") == 0
+    assert value(text, "cache_lookups_total", result="hit") == 0
+    assert value(text, "upstream_requests_total", leg="t1", outcome="success") == 0
+    assert value(text, "upstream_in_flight") == 0
+    assert value(text, "ready") == 1
+    assert value(text, "credential_ready") == 1 and value(text, "authority_ready") == 1
+    assert value(text, "build_info", version="0.1.0", python=_python()) == 1
+    assert (P + "token_earliest_expiry_seconds") in text  # family present, no sample yet
+
+    for _ in range(3):
+        status, body, _ = await get(http, broker, APP_PATH)
+        assert status == 200, body
+    status, _, _ = await get(http, broker, "/no/such/route")
+    assert status == 404
+    status, _, _ = await get(http, broker, "/AuthorizationHeaderUnauthenticated/nope")
+    assert status == 400
+
+    text = await scrape(http, broker)
+    assert value(text, "http_requests_total", route=UNAUTH_ROUTE, status="200") == 3
+    assert value(text, "http_requests_total", route=UNAUTH_ROUTE, status="400") == 1
+    assert value(text, "http_requests_total", route="unmatched", status="404") == 1
+    assert value(text, "http_request_duration_seconds_count", route=UNAUTH_ROUTE) == 4
+    # Cold request: one T1 and one app token upstream; then two hits.
+    assert value(text, "upstream_requests_total", leg="t1", outcome="success") == 1
+    assert value(text, "upstream_requests_total", leg="app", outcome="success") == 1
+    assert value(text, "upstream_request_duration_seconds_count", leg="app") == 1
+    assert value(text, "cache_lookups_total", result="hit") == 2
+    assert value(text, "cache_lookups_total", result="miss") == 2  # the app token and its T1
+    assert value(text, "cache_refreshes_total", outcome="success") == 2
+    assert value(text, "cache_entries") == 2
+    assert value(text, "upstream_in_flight") == 0
+    # Hits mark the app token hot: its expiry is visible (the emulator issues ~1 h tokens).
+    assert 60 < value(text, "token_earliest_expiry_seconds") <= 3600 * 2
+    assert demo.AGENT_1_ID not in text
+
+    # A refused leg counts as "refused".
+    status, _, _ = await get(
+        http,
+        broker,
+        "/AuthorizationHeaderUnauthenticated/graph?AgentIdentity=0badc0de-0000-4000-8000-000000000000",
+    )
+    assert status == 401
+    text = await scrape(http, broker)
+    assert value(text, "upstream_requests_total", leg="t1", outcome="refused") == 1
+    assert value(text, "http_requests_total", route=UNAUTH_ROUTE, status="401") == 1
+
+
+def _python() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+async def test_request_ids_are_echoed_only_when_sane(
+    broker: RunningBroker, http: aiohttp.ClientSession
+) -> None:
+    status, _, headers = await get(http, broker, APP_PATH, headers={"X-Request-Id": "abc-123_x.y:z"})
+    assert status == 200 and headers["X-Request-Id"] == "abc-123_x.y:z"
+    ids = set()
+    for bad in ("a" * 65, "bad id", "-leading", "<script>", "é"):
+        _, _, headers = await get(http, broker, APP_PATH, headers={"X-Request-Id": bad})
+        assert headers["X-Request-Id"] != bad
+        ids.add(headers["X-Request-Id"])
+    _, _, headers = await get(http, broker, "/no/such/route")
+    ids.add(headers["X-Request-Id"])
+    assert len(ids) == 6  # generated ids are distinct
+
+
+async def test_series_stay_bounded_under_100k_distinct_agent_and_user_keys(
+    broker_factory: BrokerFactory, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    """100,000 distinct agent identities and users go through the cache, the metric paths and the
+    API; the series count is what a handful of keys produce."""
+    async with broker_factory(Broker__Cache__MaxEntries="50000") as broker:
+        runtime = broker.runtime
+        # A few real requests through every route, so every label value used below already exists.
+        for path in (APP_PATH, APP_PATH, "/no/such/route"):
+            await get(http, broker, path)
+        baseline = await scrape(http, broker)
+        base_series = len(samples(baseline))
+
+        now = time.time()
+
+        async def never() -> CachedToken:
+            raise AssertionError("pre-seeded keys are served from cache")
+
+        agents = [str(uuid.UUID(int=i + 1)) for i in range(100_000)]
+        for i, agent in enumerate(agents):
+            req = TokenRequest(
+                Flow.AGENT_USER,
+                scopes=("https://graph.microsoft.com/.default",),
+                agent=agent,
+                username=f"user{i}@contoso.example",
+                tenant=f"tenant-{i}",
+            )
+            key = runtime.tokens.key_for(req)
+            token = CachedToken(f"v{i}", expires_at=now + 3600, acquired_at=now)
+            runtime.cache.put(key, token, never)
+            got = runtime.tokens.peek(req)  # the API's hot path: a hit, counted by the observer
+            assert got is not None and got.value == f"v{i}"
+            # The upstream observer sees every leg and outcome regardless of identity.
+            runtime.legs.observer.upstream_started("user_fic")
+            runtime.legs.observer.upstream_finished("user_fic", None, 0.01)
+        # And real API requests with distinct (unknown) agents and users.
+        for i in range(20):
+            await get(
+                http,
+                broker,
+                f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={agents[i]}&AgentUsername=u{i}@x.example",
+            )
+
+        text = await scrape(http, broker)
+        after = samples(text)
+        assert value(text, "cache_lookups_total", result="hit") >= 100_000
+        assert value(text, "cache_evictions_total", reason="lru") >= 50_000  # bounded memory too
+        assert value(text, "upstream_requests_total", leg="user_fic", outcome="success") >= 100_000
+        # Exactly the series a handful of keys produced: no identity, user or tenant in any label.
+        assert set(after) == set(samples(baseline)), sorted(set(after) ^ set(samples(baseline)))
+        assert len(after) == base_series < 1000
+        for agent in agents[:20] + agents[-5:]:
+            assert agent not in text
+        assert "contoso" not in text and "tenant-" not in text and "x.example" not in text

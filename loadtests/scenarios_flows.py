@@ -93,8 +93,7 @@ def stampede(ctx: Ctx) -> dict[str, Any]:
                   goal("all requests answered 200", str(clients), result.ok, result.ok == clients)],
         "notes": ["latencies are measured by one Python client process (asyncio); they include its own scheduling.",
                   "measured with Broker__Limits__* relaxed (see context.BENCH_LIMITS). With the default limits the "
-                  f"same burst got statuses {result_default.statuses} (joiners of the single in-flight acquisition "
-                  "are counted as cache misses by the miss limiter, and in-flight requests per caller are capped)."],
+                  f"same burst got statuses {result_default.statuses}."],
     }
 
 

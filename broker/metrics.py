@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -118,6 +125,9 @@ class BrokerMetrics:
     """
 
     def __init__(self, routes: Iterable[str] = (), *, version: str = __version__) -> None:
+        # ``*_created`` series double the series count and Prometheus 2.x stores them as plain
+        # gauges; this is a process-wide switch of prometheus_client (no registry state).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(

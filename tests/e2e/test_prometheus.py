@@ -213,3 +213,11 @@ async def test_promtool_check_metrics_passes(prometheus_binary: str, broker: Run
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert not result.stdout.strip() and not result.stderr.strip(), (result.stdout + result.stderr).decode()
+
+
+def test_example_scrape_config_and_alert_rules_are_valid() -> None:
+    promtool = require_binary("promtool")
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+        result = subprocess.run([promtool, *args], cwd=deploy, capture_output=True, timeout=30, check=False)
+        assert result.returncode == 0, (result.stdout + result.stderr).decode()

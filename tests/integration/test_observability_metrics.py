@@ -3,8 +3,11 @@ and bounded cardinality under 100,000 distinct agent/user keys."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.cache.token import CachedToken
 from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin
+from broker.metrics import BrokerMetrics
 from broker.server import RunningBroker
 from broker.tokens import Flow, TokenRequest
 from tests.integration.conftest import BrokerFactory
@@ -170,3 +174,34 @@ async def test_series_stay_bounded_under_100k_distinct_agent_and_user_keys(
         for agent in agents[:20] + agents[-5:]:
             assert agent not in text
         assert "contoso" not in text and "tenant-" not in text and "x.example" not in text
+
+
+ROOT = Path(__file__).resolve().parents[2]
+_NAME = re.compile(r"agent_token_broker_[a-z_]+[a-z]")
+_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def _family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def test_docs_dashboard_and_alerts_name_only_exported_metrics_and_docs_cover_all() -> None:
+    metrics = BrokerMetrics(["/AuthorizationHeader/{api}"])
+    metrics.next_expiry = lambda: time.time() + 100
+    exported = {
+        s.name for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+    }
+    families = {_family(n) for n in exported}
+    docs = (ROOT / "docs/metrics.md").read_text()
+    dashboard = (ROOT / "deploy/grafana/dashboard.json").read_text()
+    alerts = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    json.loads(dashboard)
+    for family in families:
+        assert f"`{family}`" in docs, f"{family} is not documented in docs/metrics.md"
+    for source, text in (("docs", docs), ("dashboard", dashboard), ("alerts", alerts)):
+        unknown = {n for n in _NAME.findall(text) if n not in exported and _family(n) not in families}
+        assert not unknown, (source, unknown)
+    assert len(_NAME.findall(dashboard)) >= 15

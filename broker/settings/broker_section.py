@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from broker.settings.listen import ListenError, parse_listen, parse_listen_list
@@ -123,6 +124,16 @@ def read_redis(section: Section) -> RedisCacheConfig | None:
         section.problems.error(
             section.key("EncryptionKeyFile"), "required: the shared cache is always encrypted"
         )
+    else:
+        from broker.l2.sealing import KeyRingError, load_key_ring  # lazy: avoids an import cycle
+
+        try:
+            load_key_ring(key_files)  # fail fast, at startup, with one clear line
+        except KeyRingError as exc:
+            section.problems.error(section.key("EncryptionKeyFile"), str(exc))
+    for name, path in (("UsernameFile", config.username_file), ("PasswordFile", config.password_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            section.problems.error(section.key(name), f"cannot read {path}")
     return config
 
 

@@ -230,13 +230,14 @@ BASE = {
 }
 
 
-def test_settings_keys() -> None:
+def test_settings_keys(tmp_path: Path) -> None:
+    k1, k2 = (str(write_key_file(tmp_path / n, new_key())) for n in ("a", "b"))
     assert load_settings(env=BASE).cache.redis is None
     s = load_settings(
         env={
             **BASE,
             "Broker__Cache__Redis__Url": "rediss://cache:6380/0",
-            "Broker__Cache__Redis__EncryptionKeyFile": "/keys/l2",
+            "Broker__Cache__Redis__EncryptionKeyFile": k1,
             "Broker__Cache__Redis__ShareObo": "true",
             "Broker__Cache__Redis__OperationTimeoutSeconds": "0.05",
             "Broker__Cache__Redis__LockTtlSeconds": "3",
@@ -244,21 +245,33 @@ def test_settings_keys() -> None:
     )
     redis = s.cache.redis
     assert redis is not None and redis.url == "rediss://cache:6380/0" and redis.share_obo
-    assert redis.encryption_key_files == ("/keys/l2",) and redis.operation_timeout_seconds == 0.05
+    assert redis.encryption_key_files == (k1,) and redis.operation_timeout_seconds == 0.05
     sentinel = load_settings(
         env={
             **BASE,
             "Broker__Cache__Redis__SentinelNodes": "s1:26379,s2:26379",
             "Broker__Cache__Redis__SentinelService": "tokens",
-            "Broker__Cache__Redis__EncryptionKeyFile__0": "/keys/a",
-            "Broker__Cache__Redis__EncryptionKeyFile__1": "/keys/b",
+            "Broker__Cache__Redis__EncryptionKeyFile__0": k1,
+            "Broker__Cache__Redis__EncryptionKeyFile__1": k2,
         }
     ).cache.redis
     assert sentinel is not None and sentinel.sentinel_nodes == ("s1:26379", "s2:26379")
-    assert sentinel.encryption_key_files == ("/keys/a", "/keys/b")
+    assert sentinel.encryption_key_files == (k1, k2)
     with pytest.raises(ConfigError) as err:
         load_settings(
             env={**BASE, "Broker__Cache__Redis__Url": "http://x", "Broker__Cache__Redis__Bogus": "1"}
         )
     text = str(err.value)
     assert "EncryptionKeyFile" in text and "redis://" in text and "Bogus" in text
+    (tmp_path / "bad").write_text("not a key\n")
+    with pytest.raises(ConfigError) as bad:
+        load_settings(
+            env={
+                **BASE,
+                "Broker__Cache__Redis__Url": "redis://x",
+                "Broker__Cache__Redis__EncryptionKeyFile": str(tmp_path / "bad"),
+                "Broker__Cache__Redis__PasswordFile": str(tmp_path / "missing"),
+            }
+        )
+    assert "neither base64 nor hex" in str(bad.value) and "PasswordFile" in str(bad.value)
+    assert "not a key" not in str(bad.value)

@@ -78,8 +78,7 @@ def build_client(config: RedisCacheConfig) -> Redis | RedisCluster:
         return client
     assert config.url is not None
     if config.cluster:
-        common.pop("retry")
-        return RedisCluster.from_url(config.url, cluster_error_retry_attempts=0, **common)
+        return RedisCluster.from_url(config.url, **common)
     return Redis.from_url(config.url, **common)
 
 

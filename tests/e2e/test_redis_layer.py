@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from broker.l2.breaker import BreakerState, CircuitBreaker
 from broker.l2.sealing import load_key_ring, parse_keys
 from broker.settings import ConfigError, load_settings
 from broker.settings.model import RedisCacheConfig
-from tests.e2e.redis_helpers import RedisServer, new_key, redis_server, write_key_file
+from tests.e2e.redis_helpers import RedisServer, free_port, new_key, redis_server, write_key_file
 
 __all__ = ["redis_server"]
 
@@ -275,3 +277,122 @@ def test_settings_keys(tmp_path: Path) -> None:
         )
     assert "neither base64 nor hex" in str(bad.value) and "PasswordFile" in str(bad.value)
     assert "not a key" not in str(bad.value)
+
+
+async def test_sentinel_mode_finds_the_master_and_shares_tokens(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A real Sentinel (``redis-server --sentinel``) monitoring the fixture's server."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor tokens 127.0.0.1 {redis_server.port} 1\n"
+    )
+    proc = subprocess.Popen([redis_server.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        files = (str(write_key_file(tmp_path / "key", new_key())),)
+        config = RedisCacheConfig(
+            sentinel_nodes=(f"127.0.0.1:{port}",), sentinel_service="tokens", encryption_key_files=files,
+            connect_timeout_seconds=2, operation_timeout_seconds=2,
+        )  # fmt: skip
+        shared = build_shared_cache(config, POLICY, namespace="b")
+        cache, up = TokenCache(POLICY), Upstream()
+        try:
+            async with asyncio.timeout(20):
+                while not await shared.store.ping():  # the sentinel needs a moment to know the master
+                    shared.store.breaker.success()
+                    await asyncio.sleep(0.1)
+            token = await get(cache, shared, up)
+            assert redis_server.client().exists(shared.redis_name(KEY)) == 1  # written to the master
+            cache.evict(KEY)
+            assert await get(cache, shared, up) == token and up.calls == 1
+        finally:
+            await cache.aclose()
+            await shared.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_cluster_mode_shares_tokens_and_locks(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A real three-master Redis Cluster (value and lock share a slot through the hash tag)."""
+    ports = [cluster_port() for _ in range(3)]
+    procs = []
+    try:
+        for p in ports:
+            d = tmp_path / str(p)
+            d.mkdir()
+            args = [redis_server.binary, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no",
+                    "--dir", str(d)]  # fmt: skip
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+        cli = [redis_server.binary.replace("redis-server", "redis-cli")]
+        for p in ports:
+            await wait_ping(p)
+        create = [*cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                  "--cluster-yes"]  # fmt: skip
+        subprocess.run(create, check=True, capture_output=True, timeout=30)
+        for p in ports:  # every node agrees the cluster is up
+            await wait_cluster_ok(p)
+        files = (str(write_key_file(tmp_path / "key", new_key())),)
+        config = RedisCacheConfig(
+            url=f"redis://127.0.0.1:{ports[0]}", cluster=True, encryption_key_files=files,
+            connect_timeout_seconds=2, operation_timeout_seconds=2,
+        )  # fmt: skip
+        shared = build_shared_cache(config, POLICY, namespace="b")
+        caches = [TokenCache(POLICY) for _ in range(3)]
+        ups = [Upstream(delay=0.2) for _ in range(3)]
+        try:
+            async with asyncio.timeout(20):
+                while not await shared.store.ping():  # slots being assigned
+                    shared.store.breaker.success()
+                    await asyncio.sleep(0.1)
+                tokens = await asyncio.gather(*(get(c, shared, u) for c, u in zip(caches, ups, strict=True)))
+            assert len({t.value for t in tokens}) == 1 and sum(u.calls for u in ups) == 1
+            assert shared.observer.counts["lock:waited_hit"] == 2
+        finally:
+            for c in caches:
+                await c.aclose()
+            await shared.aclose()
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
+async def wait_cluster_ok(port: int) -> None:
+    import redis as sync_redis
+
+    info: dict[str, object] = {}
+    for _ in range(400):
+        info = sync_redis.Redis(port=port, decode_responses=True).cluster("INFO")
+        if info.get("cluster_state") == "ok":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"cluster not ok: {info}")
+
+
+async def wait_ping(port: int) -> None:
+    import redis as sync_redis
+
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                if sync_redis.Redis(port=port).ping():
+                    return
+            except sync_redis.RedisError:
+                await asyncio.sleep(0.02)

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.admin import add_admin_routes
 from broker.api.downstream import add_downstream_routes
+from broker.api.guards import start_guards, stop_guards
 from broker.api.middleware import errors_middleware, local_callers_middleware
 from broker.api.msi import add_msi_routes
 from broker.api.observe import bind_routes, observe_middleware
@@ -26,6 +27,8 @@ def create_api_app(runtime: Runtime) -> web.Application:
         client_max_size=API_MAX_BODY,
     )
     app[RUNTIME] = runtime
+    app.on_startup.append(start_guards)
+    app.on_cleanup.append(stop_guards)
     add_routes(app)
     add_downstream_routes(app)
     add_msi_routes(app, runtime.settings.managed_identity_endpoint)

@@ -17,7 +17,7 @@ import logging
 from aiohttp import web
 
 from broker.api.downstream_http import DownstreamResult, build_call, claims_challenge, send
-from broker.api.params import ParsedQuery, parse_query
+from broker.api.params import ParsedQuery, parse_query_string
 from broker.api.problems import NO_STORE, ProblemError
 from broker.api.routes import acquire_problem, authenticated_token_request, unauthenticated_token_request
 from broker.api.state import RUNTIME
@@ -113,7 +113,7 @@ def _authorization(token: CachedToken) -> str:
 
 async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
     runtime = request.app[RUNTIME]
-    query = parse_query(request.query)
+    query = parse_query_string(request.rel_url.raw_query_string)
     route = ROUTE_CALL if authenticated else ROUTE_CALL_UNAUTH
     if authenticated:
         req = await authenticated_token_request(request, runtime, query, route=route)

@@ -11,6 +11,7 @@ naming the rule; nothing from the request is echoed back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import re
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from broker.api.deadlines import Deadlines
 from broker.api.limits import CURRENT_MISS_LIMITER, InFlight, MissLimiter
 from broker.api.problems import ProblemError, retry_after_header
 from broker.api.state import RUNTIME
@@ -45,6 +47,7 @@ class GuardState:
         self.settings = settings
         self.in_flight = InFlight(settings.security.limits)
         self.misses = MissLimiter(settings.security.limits)
+        self.deadlines = Deadlines(settings.security.limits.request_timeout_seconds)
 
 
 _STATES: weakref.WeakKeyDictionary[web.Application, GuardState] = weakref.WeakKeyDictionary()
@@ -55,6 +58,16 @@ def guard_state(app: web.Application) -> GuardState:
     if state is None:
         state = _STATES[app] = GuardState(app[RUNTIME].settings)
     return state
+
+
+async def start_guards(app: web.Application) -> None:
+    """``on_startup``: start the request-deadline watchdog."""
+    guard_state(app).deadlines.start()
+
+
+async def stop_guards(app: web.Application) -> None:
+    """``on_cleanup``: stop the request-deadline watchdog."""
+    await guard_state(app).deadlines.stop()
 
 
 # -- caller identity -----------------------------------------------------------
@@ -75,14 +88,11 @@ def _unix_peer(request: web.Request) -> str | None:
     return f"uid:{uid}"
 
 
-def peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The TCP peer's address (IPv4-mapped IPv6 unwrapped), or None."""
-    transport = request.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if not isinstance(peer, tuple) or not peer:
-        return None
+@functools.lru_cache(maxsize=1024)
+def _parse_peer_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parse a peer IP once per distinct address (keep-alive peers repeat; ipaddress is slow)."""
     try:
-        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -90,23 +100,47 @@ def peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6
     return address
 
 
-def caller_key(request: web.Request) -> str:
+def peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The TCP peer's address (IPv4-mapped IPv6 unwrapped), or None."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    return _parse_peer_ip(str(peer[0]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_allowed(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]
+) -> bool:
+    return address.is_loopback or any(address in net for net in networks)
+
+
+_UNKNOWN = "?"  # "the Unix-peer lookup was not done yet" (distinct from None = not a Unix peer)
+
+
+def caller_key(request: web.Request, unix: str | None = _UNKNOWN) -> str:
     """A stable name for the caller: ``uid:N``/``unix`` on the Unix socket, else the peer IP."""
-    unix = _unix_peer(request)
+    if unix == _UNKNOWN:
+        unix = _unix_peer(request)
     if unix is not None:
         return unix
     address = peer_address(request)
     return str(address) if address is not None else "unknown"
 
 
-def caller_allowed(request: web.Request, networks: tuple[IPNetwork, ...]) -> bool:
+def caller_allowed(
+    request: web.Request, networks: tuple[IPNetwork, ...], unix: str | None = _UNKNOWN
+) -> bool:
     """Loopback and Unix-socket peers always; other peers only inside ``networks``."""
-    if _unix_peer(request) is not None:
+    if unix == _UNKNOWN:
+        unix = _unix_peer(request)
+    if unix is not None:
         return True
     address = peer_address(request)
     if address is None:
         return False
-    return address.is_loopback or any(address in net for net in networks)
+    return _address_allowed(address, networks)
 
 
 # -- individual checks (each raises ProblemError) --------------------------------
@@ -178,32 +212,36 @@ def _host_name(value: str) -> str | None:
     return name
 
 
-def check_host(request: web.Request, settings: Settings) -> None:
+@functools.lru_cache(maxsize=1024)
+def _host_allowed(raw: str, local: str | None, allowed: tuple[str, ...]) -> bool:
+    name = _host_name(raw)
+    if name is None:
+        return False
+    if name in LOOPBACK_NAMES or name.rstrip(".") in allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or str(address) == local or str(address) in allowed
+
+
+def check_host(request: web.Request, settings: Settings, unix: str | None = None) -> None:
     """``Host`` must name loopback, the address the connection arrived on, or an allowed host."""
     raw = request.headers.get(hdrs.HOST)
-    if raw is None or _unix_peer(request) is not None:
+    if raw is None or unix is not None:
         return
     allowed = settings.security.allowed_hosts
     if "*" in allowed:
         return
-    name = _host_name(raw)
-    if name is not None:
-        if name in LOOPBACK_NAMES or name.rstrip(".") in allowed:
-            return
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
-            address = None
-        if address is not None:
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            local = str(sockname[0]).split("%", 1)[0] if isinstance(sockname, tuple) and sockname else None
-            if address.is_loopback or str(address) == local or str(address) in allowed:
-                return
-    raise ProblemError(
-        403,
-        "the Host header must name this machine (localhost, a loopback address or Broker__AllowedHosts)",
-        slug="host-not-allowed",
-    )
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local = str(sockname[0]).split("%", 1)[0] if isinstance(sockname, tuple) and sockname else None
+    if not _host_allowed(raw, local, allowed):
+        raise ProblemError(
+            403,
+            "the Host header must name this machine (localhost, a loopback address or Broker__AllowedHosts)",
+            slug="host-not-allowed",
+        )
 
 
 def check_required_header(request: web.Request, settings: Settings) -> None:
@@ -229,23 +267,32 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     settings = state.settings
     check_path(request)
     exempt = request.path in EXEMPT_PATHS
-    if not exempt and not caller_allowed(request, settings.security.allowed_callers):
+    unix = _unix_peer(request)
+    if not exempt and not caller_allowed(request, settings.security.allowed_callers, unix):
         raise ProblemError(403, "callers must connect over loopback", slug="caller-not-local")
     check_sizes(request, settings)
     if not exempt:
         check_signals(request)
-        check_host(request, settings)
+        check_host(request, settings, unix)
         check_required_header(request, settings)
-    caller = caller_key(request)
+    caller = caller_key(request, unix)
     state.in_flight.enter(caller)
     token = CURRENT_MISS_LIMITER.set(state.misses)
+    task = asyncio.current_task()
+    deadlines = state.deadlines
+    if task is not None:
+        deadlines.enter(task, task.get_loop().time())
     try:
-        async with asyncio.timeout(settings.security.limits.request_timeout_seconds):
-            return await handler(request)
-    except TimeoutError:
-        raise ProblemError(
-            503, "the request took too long", slug="request-timeout", headers=retry_after_header(1)
-        ) from None
+        return await handler(request)
+    except asyncio.CancelledError:
+        if task is not None and deadlines.leave(task):
+            task.uncancel()
+            raise ProblemError(
+                503, "the request took too long", slug="request-timeout", headers=retry_after_header(1)
+            ) from None
+        raise
     finally:
+        if task is not None:
+            deadlines.leave(task)
         CURRENT_MISS_LIMITER.reset(token)
         state.in_flight.leave(caller)

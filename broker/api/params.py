@@ -8,6 +8,7 @@ parameter.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from multidict import MultiMapping
+from yarl import URL
 
 from broker.api.problems import ProblemError
 
@@ -84,6 +86,17 @@ def _single(name: str, values: list[str]) -> str:
     if len(values) != 1:
         raise ProblemError(400, f"{name} may be given only once", slug="invalid-parameter", parameter=name)
     return values[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_query_string(raw_query_string: str) -> ParsedQuery:
+    """:func:`parse_query` of a raw (still percent-encoded) query string, memoised: hot callers
+    repeat the same query.
+
+    Only successful parses are remembered (a ``ProblemError`` is raised afresh each time);
+    :class:`ParsedQuery` is immutable, so sharing one between requests is safe.
+    """
+    return parse_query(URL.build(query_string=raw_query_string, encoded=True).query)
 
 
 def parse_query(query: MultiMapping[str]) -> ParsedQuery:

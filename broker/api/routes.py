@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -9,7 +10,7 @@ from aiohttp import web
 
 from broker.api import policy
 from broker.api.limits import admit_cache_miss
-from broker.api.params import ParsedQuery, parse_query
+from broker.api.params import ParsedQuery, parse_query_string
 from broker.api.problems import NO_STORE, ProblemError, retry_after_header
 from broker.api.state import RUNTIME
 from broker.cache.token import AcquireError, CachedToken
@@ -89,10 +90,15 @@ def _check_overrides(runtime: Runtime, route: str, query: ParsedQuery, *, implie
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _header_body(token_type: str, value: str) -> bytes:
+    """The success body, rendered once per token (hot keys answer the same token many times)."""
+    return ('{"authorizationHeader":' + json.dumps(f"{token_type} {value}") + "}").encode()
+
+
 def token_response(token: CachedToken) -> web.Response:
-    token_type = token.meta.get("token_type", "Bearer")
-    body = '{"authorizationHeader":' + json.dumps(f"{token_type} {token.value}") + "}"
-    return web.Response(body=body.encode(), headers=_JSON_HEADERS)
+    body = _header_body(token.meta.get("token_type", "Bearer"), token.value)
+    return web.Response(body=body, headers=_JSON_HEADERS)
 
 
 def acquire_problem(err: AcquireError) -> ProblemError:
@@ -184,7 +190,7 @@ def unauthenticated_token_request(
 async def authorization_header(request: web.Request) -> web.Response:
     """``GET /AuthorizationHeader/{api}``: needs a validated inbound user token."""
     runtime = request.app[RUNTIME]
-    query = parse_query(request.query)
+    query = parse_query_string(request.rel_url.raw_query_string)
     req = await authenticated_token_request(request, runtime, query)
     return await serve_token(runtime, req)
 
@@ -192,7 +198,7 @@ async def authorization_header(request: web.Request) -> web.Response:
 async def authorization_header_unauthenticated(request: web.Request) -> web.Response:
     """``GET /AuthorizationHeaderUnauthenticated/{api}``: app or agent-user tokens, no inbound token."""
     runtime = request.app[RUNTIME]
-    query = parse_query(request.query)
+    query = parse_query_string(request.rel_url.raw_query_string)
     return await serve_token(runtime, unauthenticated_token_request(request, runtime, query))
 
 

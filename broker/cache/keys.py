@@ -10,6 +10,7 @@ extra cache entry, a wrong merge would serve the wrong token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -53,6 +54,11 @@ def normalise_scope(scope: str) -> str:
     return scope
 
 
+@functools.lru_cache(maxsize=4096)
+def _normalised_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({normalise_scope(s) for s in scopes if s and s.strip()}))
+
+
 def token_key(
     flow: str,
     tenant: str,
@@ -83,6 +89,6 @@ def token_key(
         client.strip().lower(),
         normalise_user(user) if user is not None else None,
         _sha256(assertion) if assertion is not None else None,
-        tuple(sorted({normalise_scope(s) for s in scopes if s and s.strip()})),
+        _normalised_scopes(scopes if isinstance(scopes, tuple) else tuple(scopes)),
         _sha256(claims) if claims else None,
     )

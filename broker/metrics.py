@@ -11,10 +11,11 @@ never called per request). The list with meanings is in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,8 +25,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from broker import __version__
 from broker.cache.token import AcquireError
@@ -64,24 +66,72 @@ def upstream_outcome(err: AcquireError | None) -> str:
 
 
 class _RouteChildren:
-    """Children bound for one route template: latency histogram and counters by status."""
+    """Request counts by status and a latency histogram for one route template.
 
-    __slots__ = ("_requests", "by_status", "latency", "route")
+    Plain integers updated on the event loop thread (the only writer; scrapes run on the
+    same loop), exported by :class:`_RequestCollector` at scrape time. A prometheus_client
+    Histogram takes a lock and scans its buckets in Python per observation: several
+    microseconds on the cache-hit path; this is one ``bisect`` and two additions.
+    """
 
-    def __init__(self, route: str, requests: Counter, latency: Histogram) -> None:
+    __slots__ = ("buckets", "by_status", "route", "sum")
+
+    def __init__(self, route: str) -> None:
         self.route = route
-        self._requests = requests
-        self.latency = latency.labels(route)
-        self.by_status: dict[int, Any] = {s: requests.labels(route, str(s)) for s in KNOWN_STATUSES}
+        self.by_status: dict[int, int] = dict.fromkeys(KNOWN_STATUSES, 0)
+        self.buckets = [0] * (len(REQUEST_BUCKETS) + 1)  # per bucket (not cumulative); last = +Inf
+        self.sum = 0.0
 
     def observe(self, status: int, seconds: float) -> None:
-        child = self.by_status.get(status)
-        if child is None:
+        by_status = self.by_status
+        if status in by_status:
+            by_status[status] += 1
+        else:
             # HTTP status codes are bounded (100-599): at most a few hundred series per route.
             status = status if 100 <= status <= 599 else 500
-            child = self.by_status.setdefault(status, self._requests.labels(self.route, str(status)))
-        child.inc()
-        self.latency.observe(seconds)
+            by_status[status] = by_status.get(status, 0) + 1
+        self.buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class _RequestCollector(Collector):
+    """Exports every route's request counter and latency histogram."""
+
+    def __init__(self, routes: dict[str, _RouteChildren]) -> None:
+        self._routes = routes
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            f"{PREFIX}_http_requests", "API requests by route template and HTTP status.",
+            labels=["route", "status"],
+        )  # fmt: skip
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_http_request_duration_seconds", "API request latency by route template.",
+            labels=["route"],
+        )  # fmt: skip
+        bounds = [*(floatToGoString(b) for b in REQUEST_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+        for route, children in list(self._routes.items()):
+            for status, count in sorted(children.by_status.items()):
+                requests.add_metric([route, str(status)], count)
+            cumulative = list(itertools.accumulate(children.buckets))
+            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), children.sum)
+        yield requests
+        yield latency
+
+
+class _LookupCollector(Collector):
+    """Exports the cache lookup counters kept as plain integers (see ``BrokerMetrics.lookup``)."""
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_cache_lookups", "Token cache lookups by result.", labels=["result"]
+        )
+        for result, count in list(self._m._lookups.items()):
+            family.add_metric([result], count)
+        yield family
 
 
 class _ScrapeTimeCollector(Collector):
@@ -130,17 +180,6 @@ class BrokerMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            f"{PREFIX}_http_requests", "API requests by route template and HTTP status.",
-            ["route", "status"], registry=r,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            f"{PREFIX}_http_request_duration_seconds", "API request latency by route template.",
-            ["route"], buckets=REQUEST_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.cache_lookups = Counter(
-            f"{PREFIX}_cache_lookups", "Token cache lookups by result.", ["result"], registry=r
-        )
         self.cache_refreshes = Counter(
             f"{PREFIX}_cache_refreshes",
             "Finished token acquisitions (and idle skips) by outcome.", ["outcome"], registry=r,
@@ -169,7 +208,11 @@ class BrokerMetrics:
         self._routes: dict[str, _RouteChildren] = {}
         for route in (*routes, UNMATCHED):
             self.route(route)
-        self._lookups = {k: self.cache_lookups.labels(k) for k in (*LOOKUP_RESULTS, OTHER)}
+        r.register(_RequestCollector(self._routes))
+        # Lookups happen on every request (event loop thread only): plain integers, exported
+        # at scrape time by a collector (no lock, no Python bucket scan on the hot path).
+        self._lookups: dict[str, int] = dict.fromkeys((*LOOKUP_RESULTS, OTHER), 0)
+        r.register(_LookupCollector(self))
         self._refreshes = {k: self.cache_refreshes.labels(k) for k in (*REFRESH_OUTCOMES, OTHER)}
         self._evictions = {k: self.cache_evictions.labels(k) for k in (*EVICTION_REASONS, OTHER)}
         self._upstream = {
@@ -190,7 +233,7 @@ class BrokerMetrics:
         """Bound children for a route template (created once)."""
         children = self._routes.get(template)
         if children is None:
-            children = self._routes[template] = _RouteChildren(template, self.requests, self.request_seconds)
+            children = self._routes[template] = _RouteChildren(template)
         return children
 
     def exposition(self) -> bytes:
@@ -200,7 +243,11 @@ class BrokerMetrics:
     # -- CacheObserver -----------------------------------------------------------------------------
 
     def lookup(self, result: str) -> None:
-        (self._lookups.get(result) or self._lookups[OTHER]).inc()
+        lookups = self._lookups
+        if result in lookups:
+            lookups[result] += 1
+        else:
+            lookups[OTHER] += 1
 
     def refresh(self, outcome: str) -> None:
         (self._refreshes.get(outcome) or self._refreshes[OTHER]).inc()

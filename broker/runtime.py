@@ -19,10 +19,11 @@ from broker.l2.metrics import SharedCacheMetrics
 from broker.metrics import BrokerMetrics
 from broker.readiness import Readiness, ReadinessState, UpstreamMonitor
 from broker.settings import DownstreamApiConfig, Settings
-from broker.tokens import TokenService
+from broker.tokens import TokenRequest, TokenService
 from broker.validation import InboundValidator
 
 log = logging.getLogger("broker")
+REQUEST_MEMO_SIZE = 4096
 PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
 
 
@@ -65,6 +66,11 @@ class Runtime:
     readiness: Readiness
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
+    # Accepted unauthenticated requests: (API name, raw query) -> (TokenRequest, cache key or None),
+    # at most REQUEST_MEMO_SIZE entries (see api/routes.py).
+    request_memo: dict[tuple[str, str], tuple[TokenRequest, tuple[object, ...] | None]] = field(
+        default_factory=dict
+    )
 
     def downstream_api(self, name: str) -> DownstreamApiConfig | None:
         return self.settings.downstream_apis.get(name)

@@ -110,6 +110,11 @@ def peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6
 
 
 @functools.lru_cache(maxsize=1024)
+def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(address)
+
+
+@functools.lru_cache(maxsize=1024)
 def _address_allowed(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]
 ) -> bool:
@@ -126,7 +131,7 @@ def caller_key(request: web.Request, unix: str | None = _UNKNOWN) -> str:
     if unix is not None:
         return unix
     address = peer_address(request)
-    return str(address) if address is not None else "unknown"
+    return _address_text(address) if address is not None else "unknown"
 
 
 def caller_allowed(
@@ -146,38 +151,63 @@ def caller_allowed(
 # -- individual checks (each raises ProblemError) --------------------------------
 
 
-def check_path(request: web.Request) -> None:
-    """The request target must be an exact, already-normal origin-form path."""
-    path = request.raw_path.split("?", 1)[0]
+_BAD_PATH = ProblemError(
+    400,
+    "the request path must be plain and normalised (no '%' escapes, '\\', '//', '.' or '..')",
+    slug="bad-path",
+)
+_BAD_API = ProblemError(
+    400, "API names are 1-64 characters: letters, digits, '.', '_' and '-'", slug="bad-api-name"
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_problem(path: str, api: str | None) -> ProblemError | None:
+    """The verdict on a path (memoised: hot callers repeat the same path)."""
     bad = _PATH.fullmatch(path) is None or (
         path != "/" and any(seg in ("", ".", "..") for seg in path.split("/")[1:])
     )
     if bad:
-        raise ProblemError(
-            400,
-            "the request path must be plain and normalised (no '%' escapes, '\\', '//', '.' or '..')",
-            slug="bad-path",
-        )
-    api = request.match_info.get("api")
+        return _BAD_PATH
     if api is not None and API_NAME.fullmatch(api) is None:
-        raise ProblemError(
-            400, "API names are 1-64 characters: letters, digits, '.', '_' and '-'", slug="bad-api-name"
-        )
+        return _BAD_API
+    return None
 
 
-def check_sizes(request: web.Request, settings: Settings) -> None:
+def check_path(request: web.Request) -> None:
+    """The request target must be an exact, already-normal origin-form path."""
+    problem = _path_problem(request.raw_path.split("?", 1)[0], request.match_info.get("api"))
+    if problem is not None:
+        raise ProblemError(problem.status, problem.detail, slug=problem.slug)
+
+
+# Lower-case header names that make check_signals look closer (one pass over the raw headers).
+_SIGNAL_NAMES = frozenset(
+    name.lower().encode() for name in (*PROXY_HEADERS, "Origin", *_BROWSER_OK, "Transfer-Encoding")
+)
+
+
+def check_sizes(request: web.Request, settings: Settings) -> bool:
+    """Size limits; returns whether a proxy/browser/transfer-encoding header is present."""
     limits = settings.security.limits
     if len(request.query_string) > limits.max_query_bytes:
         raise ProblemError(414, f"the query string is longer than {limits.max_query_bytes} bytes", slug="too-long")
-    total = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
-    if total > limits.max_total_header_bytes or len(request.raw_headers) > limits.max_headers:
+    raw = request.raw_headers
+    total = 0
+    flagged = False
+    for name, value in raw:
+        total += len(name) + len(value) + 4
+        if not flagged and name.lower() in _SIGNAL_NAMES:
+            flagged = True
+    if total > limits.max_total_header_bytes or len(raw) > limits.max_headers:
         raise ProblemError(431, "the request headers are too large", slug="headers-too-large")
     length = request.content_length
-    chunked = "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
+    chunked = flagged and "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower()
     if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and ((length or 0) > 0 or chunked):
         raise ProblemError(413, f"{request.method} requests to the broker carry no body", slug="body-too-large")
     if length is not None and length > limits.max_body_bytes:
         raise ProblemError(413, f"the body is larger than {limits.max_body_bytes} bytes", slug="body-too-large")
+    return flagged
 
 
 def check_signals(request: web.Request) -> None:
@@ -270,9 +300,10 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     unix = _unix_peer(request)
     if not exempt and not caller_allowed(request, settings.security.allowed_callers, unix):
         raise ProblemError(403, "callers must connect over loopback", slug="caller-not-local")
-    check_sizes(request, settings)
+    flagged = check_sizes(request, settings)
     if not exempt:
-        check_signals(request)
+        if flagged:
+            check_signals(request)
         check_host(request, settings, unix)
         check_required_header(request, settings)
     caller = caller_key(request, unix)

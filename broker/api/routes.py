@@ -14,7 +14,7 @@ from broker.api.params import ParsedQuery, parse_query_string
 from broker.api.problems import NO_STORE, ProblemError, retry_after_header
 from broker.api.state import RUNTIME
 from broker.cache.token import AcquireError, CachedToken
-from broker.runtime import Runtime
+from broker.runtime import REQUEST_MEMO_SIZE, Runtime
 from broker.tokens import Flow, TokenRequest
 from broker.validation import InsufficientScope, InvalidToken, ValidatorUnavailable
 
@@ -117,8 +117,11 @@ def acquire_problem(err: AcquireError) -> ProblemError:
     )
 
 
-async def serve_token(runtime: Runtime, req: TokenRequest) -> web.Response:
-    token = runtime.tokens.peek(req)
+async def serve_token(
+    runtime: Runtime, req: TokenRequest, key: tuple[object, ...] | None = None
+) -> web.Response:
+    """Answer ``req`` from the cache or by acquiring; ``key`` = its precomputed cache key, if known."""
+    token = runtime.tokens.peek(req) if key is None else runtime.cache.peek(key)
     if token is not None:
         return token_response(token)
     admit_cache_miss(req, runtime.tokens.key_for(req))  # 429 past Broker__Limits__CacheMiss*
@@ -198,8 +201,19 @@ async def authorization_header(request: web.Request) -> web.Response:
 async def authorization_header_unauthenticated(request: web.Request) -> web.Response:
     """``GET /AuthorizationHeaderUnauthenticated/{api}``: app or agent-user tokens, no inbound token."""
     runtime = request.app[RUNTIME]
-    query = parse_query_string(request.rel_url.raw_query_string)
-    return await serve_token(runtime, unauthenticated_token_request(request, runtime, query))
+    # The TokenRequest is a pure function of (API name, query, settings): remember it, so hot
+    # callers skip parsing and policy checks. Only accepted requests are remembered.
+    memo = runtime.request_memo
+    memo_key = (request.match_info["api"], request.rel_url.raw_query_string)
+    hit = memo.get(memo_key)
+    if hit is None:
+        req = unauthenticated_token_request(request, runtime, parse_query_string(memo_key[1]))
+        plain = not (req.force_refresh or req.claims)
+        hit = (req, runtime.tokens.key_for(req) if plain else None)
+        if len(memo) >= REQUEST_MEMO_SIZE:
+            memo.clear()  # bounded; hot entries come back on their next request
+        memo[memo_key] = hit
+    return await serve_token(runtime, *hit)
 
 
 async def validate(request: web.Request) -> web.Response:

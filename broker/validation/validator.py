@@ -10,11 +10,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from cachetools import LRUCache
 
 from broker.validation import checks
 from broker.validation import errors as e
 from broker.validation.errors import InvalidToken
 from broker.validation.keystore import KeyStore
+
+VERIFIED_CACHE_SIZE = 4096
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,10 @@ class InboundValidator:
         self._required_scopes = tuple(required_scopes)
         self._required_roles = tuple(required_roles)
         self._clock = clock
+        # Tokens whose RS256 signature was verified (the costly step), by the exact token text.
+        # Every other check (lifetime, issuer, audience, permissions, key still published) runs
+        # on every call; only successful signature checks are remembered.
+        self._verified: LRUCache[str, tuple[str, Any, dict[str, Any]]] = LRUCache(maxsize=VERIFIED_CACHE_SIZE)
         host = (urlsplit(authority).hostname or "").lower()
         self._accept_v1 = host == ENTRA_PUBLIC_HOST
         self._issuers_for: str | None = None  # metadata issuer the two fields below derive from
@@ -125,16 +132,26 @@ class InboundValidator:
                 subclass) when only a required scope/role is missing.
             ValidatorUnavailable: signing keys could not be fetched and none are cached.
         """
-        kid = checks.parse_header(raw_token)
+        verified = self._verified.get(raw_token)
+        if verified is None:
+            kid = checks.parse_header(raw_token)  # malformed input fails here, before any fetch
         seen_generation = self._store.generation
-        await self._store.ensure_loaded()
-        signing_key = self._store.cached_key(kid)
-        if signing_key is None:
-            await self._store.refetch_for_unknown_kid(seen_generation)
+        await self._store.ensure_loaded()  # also starts the periodic metadata refresh when due
+        if verified is not None and self._store.cached_key(verified[0]) is verified[1]:
+            # Same token, signature already checked with a key that is still published.
+            kid, signing_key, claims = verified
+            claims = dict(claims)
+        else:
+            if verified is not None:
+                kid = verified[0]
             signing_key = self._store.cached_key(kid)
             if signing_key is None:
-                raise InvalidToken(e.UNKNOWN_KEY)
-        claims = checks.verify_signature(raw_token, signing_key.key)
+                await self._store.refetch_for_unknown_kid(seen_generation)
+                signing_key = self._store.cached_key(kid)
+                if signing_key is None:
+                    raise InvalidToken(e.UNKNOWN_KEY)
+            claims = checks.verify_signature(raw_token, signing_key.key)
+            self._verified[raw_token] = (kid, signing_key, dict(claims))
         checks.check_lifetime(claims, now=self._clock(), leeway=self._leeway)
         v2_issuer = self._store.metadata.issuer
         if v2_issuer != self._issuers_for:

@@ -608,3 +608,28 @@ def test_constructor_rejects_bad_audiences(session: aiohttp.ClientSession) -> No
     for audiences in ([], "single-string", [""]):
         with pytest.raises(ValueError):
             InboundValidator(authority="http://x/t", tenant_id=TENANT, audiences=audiences, session=session)
+
+
+async def test_verified_signature_is_remembered_but_every_other_check_still_runs(
+    make_validator: Callable[..., InboundValidator], authority: FakeAuthority, clock: FakeClock
+) -> None:
+    v = make_validator(metadata_ttl=3600)
+    token = sign(rsa_key("a"), "kid-a", exp=int(NOW) + 600)
+    claims = await v.validate(token)
+    claims["sub"] = "mutated by a caller"  # callers get a copy: the remembered claims stay intact
+    assert (await v.validate(token))["sub"] == "user-sub"
+    clock.now += 601 + 120  # past exp and the leeway: the remembered signature does not help
+    await rejected(v, token)
+    # A token whose key is no longer published is refused, remembered signature or not.
+    long_lived = sign(rsa_key("a"), "kid-a", exp=int(clock.now) + 10 * 3600)
+    assert (await v.validate(long_lived))["sub"] == "user-sub"
+    authority.jwks = [jwk_of(rsa_key("b"), "kid-b")]
+    clock.now += 3601  # past metadata_ttl: the next call refreshes the keys in the background
+    fetches = authority.jwks_fetches
+    await v.validate(long_lived)  # still published until the refresh lands
+    await _wait_for(lambda: authority.jwks_fetches > fetches)
+    await asyncio.sleep(0.05)
+    with pytest.raises(InvalidToken) as caught:
+        await v.validate(long_lived)
+    assert caught.value.reason == "unknown signing key"
+    await v.aclose()

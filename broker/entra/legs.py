@@ -292,6 +292,26 @@ class EntraLegs:
 
     # -- agent identity ----------------------------------------------------------------------------
 
+    async def _agent_call(
+        self,
+        agent: str,
+        t1: str,
+        tenant: str | None,
+        leg: str,
+        call: Callable[[Any], Mapping[str, Any] | None],
+        correlation_id: str | None,
+    ) -> CachedToken:
+        """Run ``call(app)`` with the agent identity's MSAL app, T1 as its ``client_assertion``."""
+        home = tenant or self.tenant_id
+        return await self._run(
+            lambda: call(self._apps.agent_app(agent, home)),
+            leg=leg,
+            client_tags=frozenset({agent_tag(agent)}),
+            named_tags=self._named_tags(agent),
+            assertion=t1,
+            correlation_id=correlation_id,
+        )
+
     async def agent_app_token(
         self,
         agent: str,
@@ -303,17 +323,11 @@ class EntraLegs:
         correlation_id: str | None = None,
     ) -> CachedToken:
         """Leg 2: the agent identity's app token (T1 as ``client_assertion``); with the exchange scope, T2."""
-        tenant = tenant or self.tenant_id
-        return await self._run(
-            lambda: self._apps.agent_app(agent, tenant).acquire_token_for_client(
-                list(scopes), claims_challenge=claims
-            ),
-            leg="t2" if list(scopes) == [EXCHANGE_SCOPE] else "app",
-            client_tags=frozenset({agent_tag(agent)}),
-            named_tags=self._named_tags(agent),
-            assertion=t1,
-            correlation_id=correlation_id,
-        )
+        return await self._agent_call(
+            agent, t1, tenant, "t2" if list(scopes) == [EXCHANGE_SCOPE] else "app",
+            lambda app: app.acquire_token_for_client(list(scopes), claims_challenge=claims),
+            correlation_id,
+        )  # fmt: skip
 
     async def agent_obo(
         self,
@@ -327,17 +341,11 @@ class EntraLegs:
         correlation_id: str | None = None,
     ) -> CachedToken:
         """Agent OBO: the user's token exchanged by the agent identity (T1 as ``client_assertion``)."""
-        tenant = tenant or self.tenant_id
-        return await self._run(
-            lambda: self._apps.agent_app(agent, tenant).acquire_token_on_behalf_of(
-                user_assertion, list(scopes), claims_challenge=claims
-            ),
-            leg="obo",
-            client_tags=frozenset({agent_tag(agent)}),
-            named_tags=self._named_tags(agent),
-            assertion=t1,
-            correlation_id=correlation_id,
-        )
+        return await self._agent_call(
+            agent, t1, tenant, "obo",
+            lambda app: app.acquire_token_on_behalf_of(user_assertion, list(scopes), claims_challenge=claims),
+            correlation_id,
+        )  # fmt: skip
 
     async def agent_user_token(
         self,
@@ -355,18 +363,10 @@ class EntraLegs:
         """Agent-user token (``user_fic``): T1 as ``client_assertion``, T2 as the user FIC."""
         if (username is None) == (user_object_id is None):
             raise ValueError("exactly one of username and user_object_id is required")
-        tenant = tenant or self.tenant_id
-        return await self._run(
-            lambda: self._apps.agent_app(agent, tenant).acquire_token_by_user_federated_identity_credential(
-                list(scopes),
-                t2,
-                username=username,
-                user_object_id=user_object_id,
-                claims_challenge=claims,
+        return await self._agent_call(
+            agent, t1, tenant, "user_fic",
+            lambda app: app.acquire_token_by_user_federated_identity_credential(
+                list(scopes), t2, username=username, user_object_id=user_object_id, claims_challenge=claims
             ),
-            leg="user_fic",
-            client_tags=frozenset({agent_tag(agent)}),
-            named_tags=self._named_tags(agent),
-            assertion=t1,
-            correlation_id=correlation_id,
-        )
+            correlation_id,
+        )  # fmt: skip

@@ -122,7 +122,10 @@ async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits
             replies.append(await fetch(s, url))
             await asyncio.sleep(0.05)
     calls = select(requests_since(admin), leg="blueprint_app")
-    assert [e["status"] for e in calls] == [200, 429, 200], calls
+    # The first acquisition, the throttled refresh, its retry; on a slow machine the new token's
+    # own regular refresh may also fall inside the window (it must succeed: the fault was count=1).
+    statuses = [e["status"] for e in calls]
+    assert statuses[:3] == [200, 429, 200] and set(statuses[3:]) <= {200} and len(statuses) <= 4, calls
     assert calls[2]["time"] >= calls[1]["time"] + RETRY_AFTER  # not retried before Retry-After
     assert all(r.status == 200 for r in replies)  # the throttled refresh never reached a caller
     tokens = [r.token for r in replies]

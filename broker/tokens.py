@@ -48,6 +48,12 @@ class TokenRequest:
     correlation_id: str | None = None
 
 
+@functools.lru_cache(maxsize=8192)
+def _tag_set(blueprint: str, agent: str | None) -> frozenset[str]:
+    """Revocation tags of a token; one shared frozenset per agent (entries of an agent share it)."""
+    return frozenset({blueprint_tag(blueprint), agent_tag(agent)} if agent else {blueprint_tag(blueprint)})
+
+
 class TokenService:
     """Answers :class:`TokenRequest` values with cached or freshly acquired tokens."""
 
@@ -72,10 +78,7 @@ class TokenService:
         return request_tenant or self.legs.tenant_id
 
     def _tags(self, agent: str | None) -> frozenset[str]:
-        tags = {blueprint_tag(self.legs.blueprint_id)}
-        if agent:
-            tags.add(agent_tag(agent))
-        return frozenset(tags)
+        return _tag_set(self.legs.blueprint_id, agent)
 
     async def exchange_token(self, agent: str, tenant: str, *, correlation_id: str | None = None) -> str:
         """T1 for ``agent`` (leg 1), cached per agent and tenant."""

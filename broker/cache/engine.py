@@ -71,10 +71,10 @@ class TokenCache:
         Synchronous, no I/O: one map lookup, one clock read, one flag set.
         A hit marks the key used (so it is refreshed ahead) and most recent.
         """
-        try:
-            entry = self._lru[key]
-        except KeyError:
+        entry = self._lru.get(key)
+        if entry is None:
             return None
+        entry.touched = True
         token = entry.token
         if token is not None and self._clock() < entry.fresh_until:
             entry.used = True
@@ -116,9 +116,8 @@ class TokenCache:
                 is always raised.
         """
         now = self._clock()
-        try:
-            entry = self._lru[key]
-        except KeyError:
+        entry = self._lru.hit(key)
+        if entry is None:
             entry = self._store.insert(key, acquire, tags)
         else:
             entry.acquire = acquire

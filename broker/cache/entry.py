@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-
-from cachetools import Cache, LRUCache
 
 from broker.cache.token import AcquireError, CachedToken
 
@@ -47,6 +46,7 @@ class KeyEntry:
         "timer_due",
         "timer_kind",
         "token",
+        "touched",
         "used",
     )
 
@@ -67,6 +67,7 @@ class KeyEntry:
         self.neg_until = _NEG_INF
         self.forced_at: float | None = None
         self.alive = True
+        self.touched = False  # looked up since the eviction sweep last passed (second chance)
 
     def clear_token(self) -> None:
         self.token = None
@@ -83,25 +84,46 @@ class KeyEntry:
         return f"KeyEntry(key={self.key!r}, has_token={self.token is not None}, used={self.used})"
 
 
-class EntryLRU(LRUCache[Hashable, KeyEntry]):
-    """An LRU map that reports the entries it evicts to make room."""
+class EntryLRU(OrderedDict[Hashable, KeyEntry]):
+    """A bounded map with second-chance (CLOCK) eviction that reports what it evicts.
+
+    A hit is a plain dict lookup plus ``entry.touched = True`` (see :meth:`hit`): no
+    reordering, so its cost does not grow with the number of entries (cachetools'
+    LRU moves a linked-list node on every hit). To make room, the oldest entry is
+    evicted unless it was touched, in which case it loses the flag and moves to the
+    back: recently used keys survive, as with LRU; a sweep clears at most every flag
+    once, so an insert costs amortised O(1).
+    """
 
     def __init__(self, maxsize: int, on_evict: Callable[[KeyEntry], None]) -> None:
-        super().__init__(maxsize)
+        super().__init__()
+        self.maxsize = maxsize
         self._on_evict = on_evict
 
-    def popitem(self) -> tuple[Hashable, KeyEntry]:
-        key, entry = super().popitem()
-        self._on_evict(entry)
-        return key, entry
+    def hit(self, key: Hashable) -> KeyEntry | None:
+        """Look up ``key`` and mark it recently used."""
+        entry = self.get(key)
+        if entry is not None:
+            entry.touched = True
+        return entry
+
+    def insert(self, key: Hashable, entry: KeyEntry) -> None:
+        """Add ``entry`` (newest), evicting not-recently-used entries beyond ``maxsize``."""
+        if key in self:
+            del self[key]
+        while len(self) >= self.maxsize:
+            old_key, old = self.popitem(last=False)
+            if old.touched:
+                old.touched = False
+                self[old_key] = old  # second chance: back of the queue
+                continue
+            self._on_evict(old)
+        self[key] = entry
 
     def quiet_get(self, key: Hashable) -> KeyEntry | None:
-        """Look up without making ``key`` most-recently-used."""
-        if key in self:
-            return Cache.__getitem__(self, key)
-        return None
+        """Look up without marking ``key`` recently used."""
+        return self.get(key)
 
     def quiet_values(self) -> list[KeyEntry]:
-        """All entries, without touching the LRU order."""
-        get = Cache.__getitem__
-        return [get(self, k) for k in list(self)]
+        """All entries, without marking them."""
+        return list(self.values())

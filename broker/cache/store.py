@@ -31,7 +31,7 @@ class KeyStore:
 
     def insert(self, key: Hashable, acquire: Acquire, tags: frozenset[str]) -> KeyEntry:
         entry = KeyEntry(key, acquire, tags)
-        self.lru[key] = entry  # may evict the least recently used entry
+        self.lru.insert(key, entry)  # may evict a not-recently-used entry
         for tag in tags:
             self.tags.setdefault(tag, set()).add(key)
         self._obs.entries(len(self.lru))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from broker.cache.token import AcquireError, CachedToken
@@ -51,6 +53,12 @@ def agent_tag(agent: str) -> str:
     return f"agent:{agent.lower()}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _meta(token_type: str, scope: str) -> Mapping[str, str]:
+    """Token metadata, shared between tokens with the same values (read-only)."""
+    return MappingProxyType({"token_type": token_type, "scope": scope} if scope else {"token_type": token_type})
+
+
 def _to_token(result: Mapping[str, Any], now: float) -> CachedToken:
     expires_in = float(result.get("expires_in") or 0)
     refresh_in = result.get("refresh_in")
@@ -59,9 +67,7 @@ def _to_token(result: Mapping[str, Any], now: float) -> CachedToken:
         refresh_at = now + float(refresh_in)
     elif result.get("refresh_on"):
         refresh_at = float(result["refresh_on"])
-    meta = {"token_type": str(result.get("token_type") or "Bearer")}
-    if result.get("scope"):
-        meta["scope"] = str(result["scope"])
+    meta = _meta(str(result.get("token_type") or "Bearer"), str(result.get("scope") or ""))
     return CachedToken(
         value=str(result["access_token"]),
         expires_at=now + expires_in,

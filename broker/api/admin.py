@@ -69,10 +69,15 @@ async def _read_body(request: web.Request) -> tuple[str, str | None]:
 def evict(runtime: Runtime, kind: str, value: str | None) -> int:
     """Remove the cached tokens of an agent identity, of a blueprint, or all of them."""
     cache = runtime.cache
+    shared = runtime.shared_cache
     if kind == "all":
+        if shared is not None:
+            shared.forget(None)  # nor refilled from Redis by this replica
         return cache.clear()
     assert value is not None
     tag = agent_tag(value) if kind == "agent" else blueprint_tag(value)
+    if shared is not None:
+        shared.forget((tag,))
     return cache.evict_tag(tag)
 
 

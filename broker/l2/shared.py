@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from cachetools import TTLCache
@@ -98,6 +98,7 @@ class SharedTokenCache:
         self._monitor: asyncio.Task[None] | None = None
         # tag -> time of a definitive refusal: older shared tokens of that tag are not served here
         self._revoked: TTLCache[str, float] = TTLCache(_REVOKED_MAX, _REVOKED_TTL)
+        self._forgot_all = float("-inf")
 
     # ------------------------------------------------------------------ scope
     def shares(self, key: Hashable) -> bool:
@@ -178,8 +179,23 @@ class SharedTokenCache:
                 await self.store.unlock(lock_name, lock_token)
         return token
 
+    def forget(self, tags: Iterable[str] | None) -> None:
+        """Take no shared token acquired before now for ``tags`` (``None``: for any key).
+
+        The ops cache-clear calls this, so a cleared key is acquired anew instead of being
+        refilled from Redis by this replica.
+        """
+        now = self._clock()
+        if tags is None:
+            self._forgot_all = now
+            return
+        for tag in tags:
+            self._revoked[tag] = now
+
     def _usable(self, token: CachedToken, current: Current, tags: frozenset[str]) -> bool:
         if not is_servable(token, self._clock(), self.policy, degraded=False):
+            return False
+        if token.acquired_at <= self._forgot_all:
             return False
         if self._revoked and any(token.acquired_at <= self._revoked.get(t, -1.0) for t in tags):
             return False

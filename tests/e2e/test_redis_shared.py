@@ -150,3 +150,24 @@ async def test_obo_tokens_are_not_shared_by_default(
         assert len(obo_keys) == 1 and not shared.shares(obo_keys[0])
         assert shared.redis_name(obo_keys[0]).encode() not in redis_server.values()
         assert len(redis_server.values()) == 1  # only T1 is shared
+
+
+async def test_ops_cache_clear_is_not_refilled_from_redis(
+    emulator: EmulatorServer, admin: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    secret = "an-admin-secret-of-32-characters"
+    env = redis_env(emulator, redis_server, [write_key_file(tmp_path / "k", new_key())])
+    env["Broker__Cache__AdminSecret"] = secret
+    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as broker:
+        before = await header(http, broker, APP_PATH)
+        assert token_legs(admin) == {"t1": 1, "app": 1}
+        assert broker.ops_url is not None
+        for body in ({"type": "agent", "value": A1}, {"type": "all"}):
+            async with http.post(
+                broker.ops_url + "/admin/cache/clear", json=body, headers={"Authorization": f"Bearer {secret}"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            after = await header(http, broker, APP_PATH)
+            assert after != before  # acquired anew from Entra, not the cleared token from Redis
+            before = after
+        assert token_legs(admin)["app"] == 3

@@ -116,13 +116,7 @@ class TokenCache:
                 is always raised.
         """
         now = self._clock()
-        entry = self._lru.hit(key)
-        if entry is None:
-            entry = self._store.insert(key, acquire, tags)
-        else:
-            entry.acquire = acquire
-            if tags and not tags <= entry.tags:
-                self._store.add_tags(entry, tags)
+        entry = self._entry_for(self._lru.hit(key), key, acquire, tags)
         if force_refresh:
             forced_at = entry.forced_at
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
@@ -144,14 +138,19 @@ class TokenCache:
 
         Must be called with the event loop running (it arms the refresh timer).
         """
-        entry = self._lru.quiet_get(key)
-        if entry is None:
-            entry = self._store.insert(key, acquire, tags)
-        else:
-            entry.acquire = acquire
-            if tags and not tags <= entry.tags:
-                self._store.add_tags(entry, tags)
+        entry = self._entry_for(self._lru.quiet_get(key), key, acquire, tags)
         self._on_success(entry, token, count=False)
+
+    def _entry_for(
+        self, entry: KeyEntry | None, key: Hashable, acquire: Acquire, tags: frozenset[str]
+    ) -> KeyEntry:
+        """``entry`` (the latest ``acquire`` and any new ``tags`` recorded), or a new one for ``key``."""
+        if entry is None:
+            return self._store.insert(key, acquire, tags)
+        entry.acquire = acquire
+        if tags and not tags <= entry.tags:
+            self._store.add_tags(entry, tags)
+        return entry
 
     # ----------------------------------------------------------------- slow path
     async def _forced(self, entry: KeyEntry, now: float) -> CachedToken:

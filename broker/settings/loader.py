@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from broker.settings.apis import read_downstream_apis, read_sidecar
 from broker.settings.azure_ad import read_azure_ad
@@ -17,7 +18,7 @@ from broker.settings.broker_section import (
     read_managed_identity_endpoint,
     read_upstream,
 )
-from broker.settings.model import REDACTED, ConfigError, Listen, Secret, Settings
+from broker.settings.model import REDACTED, ConfigError, Listen, RedisCacheConfig, Secret, Settings
 from broker.settings.reader import Problems, Section
 from broker.settings.security import effective_security, read_security
 from broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE, build_tree
@@ -162,6 +163,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
                 "MaxEntries": cache.max_entries,
                 "MaxAgentClients": cache.max_agent_clients,
                 "AdminSecret": _plain(cache.admin_secret),
+                "Redis": _effective_redis(cache.redis),
             },
             "Upstream": {
                 "MaxConcurrency": settings.upstream.max_concurrency,
@@ -182,6 +184,37 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         },
         "Logging": {"LogLevel": {"Default": settings.log_level}},
         "Warnings": list(settings.warnings),
+    }
+
+
+def _effective_redis(redis: RedisCacheConfig | None) -> dict[str, Any] | None:
+    """The shared cache section; a password inside the URL is redacted (files are only named)."""
+    if redis is None:
+        return None
+    url = redis.url
+    if url:
+        parts = urlsplit(url)
+        if parts.password is not None or parts.username is not None:
+            host = parts.hostname or ""
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
+            url = urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+    return {
+        "Url": url,
+        "Cluster": redis.cluster,
+        "SentinelNodes": list(redis.sentinel_nodes),
+        "SentinelService": redis.sentinel_service,
+        "EncryptionKeyFile": list(redis.encryption_key_files),
+        "UsernameFile": redis.username_file,
+        "PasswordFile": redis.password_file,
+        "CaFile": redis.ca_file,
+        "KeyPrefix": redis.key_prefix,
+        "ConnectTimeoutSeconds": redis.connect_timeout_seconds,
+        "OperationTimeoutSeconds": redis.operation_timeout_seconds,
+        "LockTtlSeconds": redis.lock_ttl_seconds,
+        "FailureThreshold": redis.failure_threshold,
+        "CircuitOpenSeconds": redis.circuit_open_seconds,
+        "ShareObo": redis.share_obo,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -498,3 +499,19 @@ def test_cache_and_upstream_keys() -> None:
         1.5,
         20,
     )
+
+
+def test_check_config_shows_the_redis_section_without_the_url_password(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(base64.b64encode(bytes(range(32))).decode())
+    s = load_settings(
+        env=env(
+            Broker__Cache__Redis__Url="rediss://cache-user:hunter2-redis-pass@redis.example:6380/0",
+            Broker__Cache__Redis__EncryptionKeyFile=str(key_file),
+        )
+    )
+    redis = effective_config(s)["Broker"]["Cache"]["Redis"]
+    assert redis["Url"] == "rediss://<redacted>@redis.example:6380/0"
+    assert redis["EncryptionKeyFile"] == [str(key_file)]
+    assert "hunter2-redis-pass" not in json.dumps(effective_config(s)) and "cache-user" not in json.dumps(effective_config(s))
+    assert effective_config(load_settings(env=env()))["Broker"]["Cache"]["Redis"] is None

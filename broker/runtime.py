@@ -23,7 +23,7 @@ from broker.tokens import TokenRequest, TokenService
 from broker.validation import InboundValidator
 
 log = logging.getLogger("broker")
-REQUEST_MEMO_SIZE = 4096
+REQUEST_MEMO_SIZE = 16384  # covers the identities a sidecar serves; ~0.6 KiB each
 PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
 
 

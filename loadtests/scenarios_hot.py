@@ -160,7 +160,7 @@ def scale(ctx: Ctx) -> dict[str, Any]:
     lat_ratio = rows[-1]["p50 vs 1-identity broker"]
     notes = [f"identities = agent identities in the emulator tenant; each costs 2 cache entries (T1 + app token) "
              f"and 2 upstream calls to warm. RSS of the big broker before warming: {rss0 / 1024:.1f} MiB.",
-             "RSS per identity includes the per-agent MSAL app LRU (Broker__Cache__MaxAgentClients, default 10k) "
+             "RSS per identity includes the per-agent MSAL app LRU (Broker__Cache__MaxAgentClients, default 1,000) "
              "and tag index entries, not only tokens."]
     if n_big < top:
         notes.append(f"warm budget ({o.warm_budget:g} s) ran out at {n_big} of {top} identities: "

@@ -88,7 +88,7 @@ def _single(name: str, values: list[str]) -> str:
     return values[0]
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def parse_query_string(raw_query_string: str) -> ParsedQuery:
     """:func:`parse_query` of a raw (still percent-encoded) query string, memoised: hot callers
     repeat the same query.

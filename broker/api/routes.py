@@ -90,7 +90,7 @@ def _check_overrides(runtime: Runtime, route: str, query: ParsedQuery, *, implie
         )
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _header_body(token_type: str, value: str) -> bytes:
     """The success body, rendered once per token (hot keys answer the same token many times)."""
     return ('{"authorizationHeader":' + json.dumps(f"{token_type} {value}") + "}").encode()

@@ -78,8 +78,14 @@ def client_session(limit: int = 100, total: float = 60.0) -> aiohttp.ClientSessi
 
 
 def requests_since(admin: EmulatorAdmin, seq: int = 0) -> list[dict[str, Any]]:
-    """Emulator log entries (token endpoint only) after ``seq``."""
-    return [e for e in admin.log(since=seq)["requests"] if e["endpoint"] == "token"]
+    """Token requests in the emulator log after ``seq``.
+
+    Leaves out the readiness monitor's probes (leg ``other``: no grant, no token), which a
+    degraded broker sends on its own and which are not acquisitions.
+    """
+    return [
+        e for e in admin.log(since=seq)["requests"] if e["endpoint"] == "token" and e["leg"] != "other"
+    ]
 
 
 def last_seq(admin: EmulatorAdmin) -> int:

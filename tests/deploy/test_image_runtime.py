@@ -28,6 +28,7 @@ from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin, EmulatorServer
 from broker.settings.tree import KNOWN_SECTIONS
 from tests.deploy.helpers import (
+from tests.support import free_port
     AGENT_CONTAINER,
     BROKER_CONTAINER,
     VENV_BIN,
@@ -42,13 +43,6 @@ from tests.deploy.helpers import (
 )
 
 WAIT_SECONDS = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _http_status(url: str) -> int:
@@ -99,7 +93,7 @@ def broker_process(emulator: EmulatorServer, tmp_path: Path) -> Iterator[tuple[s
     token_file = tmp_path / "azure-identity-token"
     admin = EmulatorAdmin(emulator.url, emulator.ca_path)
     token_file.write_text(admin.workload_token(subject=f"system:serviceaccount:{namespace}:{account}"))
-    api_port, ops_port = _free_port(), _free_port()
+    api_port, ops_port = free_port(), free_port()
     env = _container_env(tmp)
     env.update(broker_env())  # the ConfigMap, as-is, except what points at Azure or at fixed ports:
     env.update(

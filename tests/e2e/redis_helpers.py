@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,25 +14,9 @@ import redis
 
 from broker.emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
+from tests.support import free_port, require_binary
 
 REDIS_BINARY = "redis-server"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def require_binary(name: str) -> str:
-    """The binary's path; FAIL when missing as root (CI installs it), skip loudly otherwise."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not installed: apt-get install -y redis-server (scripts/ensure-system-packages)"
-        if os.geteuid() == 0:
-            pytest.fail(reason)
-        pytest.skip("SKIPPED LOUDLY: " + reason)
-    return path
 
 
 class RedisServer:
@@ -90,7 +72,7 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_binary(REDIS_BINARY), tmp_path).start()
+    server = RedisServer(require_binary(REDIS_BINARY, "redis-server"), tmp_path).start()
     try:
         yield server
     finally:

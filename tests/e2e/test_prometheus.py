@@ -8,9 +8,6 @@ Needs the Debian package ``prometheus`` (``/usr/bin/prometheus``, ``/usr/bin/pro
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,28 +20,12 @@ from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin, EmulatorServer
 from broker.server import RunningBroker, running
 from tests.integration.conftest import make_settings
+from tests.support import free_port, require_binary
 
 UNAUTH_ROUTE = "/AuthorizationHeaderUnauthenticated/{api}"
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
 START_TIMEOUT = 30.0
 QUERY_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def require_binary(name: str) -> str:
-    """The binary's path; FAIL when missing as root (CI installs it), skip loudly otherwise."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
-    if path is None:
-        reason = f"{name} not installed: apt-get install -y prometheus (scripts/ensure-system-packages)"
-        if os.geteuid() == 0:
-            pytest.fail(reason)
-        pytest.skip("SKIPPED LOUDLY: " + reason)
-    return path
 
 
 class PrometheusServer:
@@ -131,7 +112,7 @@ class PrometheusServer:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    return require_binary("prometheus")
+    return require_binary("prometheus", "prometheus")
 
 
 @pytest.fixture
@@ -198,7 +179,7 @@ async def test_prometheus_scrapes_request_cache_and_upstream_counters(
 
 
 async def test_promtool_check_metrics_passes(prometheus_binary: str, broker: RunningBroker) -> None:
-    promtool = require_binary("promtool")
+    promtool = require_binary("promtool", "prometheus")
     assert broker.ops_url is not None
     async with aiohttp.ClientSession() as http:
         async with http.get(
@@ -216,7 +197,7 @@ async def test_promtool_check_metrics_passes(prometheus_binary: str, broker: Run
 
 
 def test_example_scrape_config_and_alert_rules_are_valid() -> None:
-    promtool = require_binary("promtool")
+    promtool = require_binary("promtool", "prometheus")
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
         result = subprocess.run([promtool, *args], cwd=deploy, capture_output=True, timeout=30, check=False)

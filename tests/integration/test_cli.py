@@ -19,14 +19,9 @@ import requests
 from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import base_env
+from tests.support import free_port
 
 CLI = [sys.executable, "-m", "broker.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:

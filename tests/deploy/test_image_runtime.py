@@ -14,7 +14,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,7 +27,6 @@ from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin, EmulatorServer
 from broker.settings.tree import KNOWN_SECTIONS
 from tests.deploy.helpers import (
-from tests.support import free_port
     AGENT_CONTAINER,
     BROKER_CONTAINER,
     VENV_BIN,
@@ -41,6 +39,7 @@ from tests.support import free_port
     pod_spec,
     runtime_stage,
 )
+from tests.support import free_port
 
 WAIT_SECONDS = 30.0
 

@@ -13,6 +13,7 @@ from broker.api.guards import start_guards, stop_guards
 from broker.api.middleware import errors_middleware, local_callers_middleware
 from broker.api.msi import add_msi_routes
 from broker.api.observe import bind_routes, observe_middleware
+from broker.api.openapi import openapi_document
 from broker.api.routes import add_routes
 from broker.api.state import RUNTIME
 from broker.runtime import Runtime
@@ -59,17 +60,26 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
+_OPENAPI = json.dumps(openapi_document()).encode()
+
+
+async def _openapi(_request: web.Request) -> web.Response:
+    return web.Response(body=_OPENAPI, content_type="application/json")
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[RUNTIME].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_ops_app(runtime: Runtime) -> web.Application:
-    """Operations listener: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``."""
+    """Operations listener: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``,
+    ``/openapi.json`` (the API listener's OpenAPI document)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=API_MAX_BODY)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", _healthz, allow_head=False)
     app.router.add_get("/readyz", _readyz, allow_head=False)
     app.router.add_get("/metrics", _metrics, allow_head=False)
+    app.router.add_get("/openapi.json", _openapi, allow_head=False)
     add_admin_routes(app, runtime)
     return app

@@ -16,25 +16,26 @@ from urllib.parse import quote, urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.api.openapi import openapi_document
 from broker.emulator import demo
 from broker.emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 
-PREFIXES = [
-    "/AuthorizationHeaderUnauthenticated/",
-    "/AuthorizationHeader/",
-    "/Validate",
-    "/healthz",
-    "/DownstreamApiUnauthenticated/",
-    "/",
-]
+# Routes and query parameters come from the broker's own OpenAPI document (served at /openapi.json),
+# plus names no route documents (wrong case, refused and unknown overrides).
+_DOCUMENT = openapi_document()
+PREFIXES = sorted({path.split("{", 1)[0] for path in _DOCUMENT["paths"]} | {"/"})
 PATH_CHARS = string.ascii_letters + string.digits + "._~-/%\\;:@!$&'()*+,=" + "."
-PARAMS = [
-    "AgentIdentity", "agentidentity", "AgentUsername", "AgentUserId", "optionsOverride.Scopes",
-    "optionsOverride.RequestAppToken", "optionsOverride.AcquireTokenOptions.Tenant",
-    "optionsOverride.AcquireTokenOptions.ForceRefresh", "optionsOverride.AcquireTokenOptions.Claims",
-    "optionsOverride.AcquireTokenOptions.CorrelationId", "optionsOverride.BaseUrl", "optionsOverride.X",
-]
+PARAMS = sorted(
+    {
+        param["name"]
+        for item in _DOCUMENT["paths"].values()
+        for operation in item.values()
+        for param in operation.get("parameters", [])
+        if param["in"] == "query"
+    }
+    | {"agentidentity", "optionsOverride.BaseUrl", "optionsOverride.X"}
+)
 VALUES = st.one_of(
     st.sampled_from([demo.AGENT_1_ID, demo.AGENT_2_ID, demo.AGENT_USER_UPN, demo.AGENT_USER_OID, "true",
                      "false", "{}", '{"access_token":{"xms_cc":{"values":["cp1"]}}}', "", demo.TENANT_ID]),

@@ -163,6 +163,13 @@ class SharedTokenCache:
             else:
                 self.observer.lock("acquired")
                 lock_token = taken
+            if lock_token is not None:
+                # Double-checked: another replica may have written the value and released the
+                # lock between our first read and our lock (it then made the Entra request).
+                found = await self._read(name, current, tags, recheck=True)
+                if found is not None:
+                    await self.store.unlock(lock_name, lock_token)
+                    return found
         try:
             try:
                 token = await acquire()
@@ -202,25 +209,33 @@ class SharedTokenCache:
         held = current()
         return held is None or token.expires_at > held.expires_at
 
-    def _open(self, name: str, blob: bytes) -> CachedToken | None:
+    def _open(self, name: str, blob: bytes, *, count: bool = True) -> CachedToken | None:
         try:
             return decode_token(self.keys.open(name, blob))
         except SealError as err:
-            self.observer.rejected(err.reason)
+            if count:
+                self.observer.rejected(err.reason)
         except (ValueError, KeyError, TypeError):
-            self.observer.rejected("malformed")
+            if count:
+                self.observer.rejected("malformed")
         return None
 
-    async def _read(self, name: str, current: Current, tags: frozenset[str]) -> CachedToken | None:
+    async def _read(
+        self, name: str, current: Current, tags: frozenset[str], *, recheck: bool = False
+    ) -> CachedToken | None:
+        """The usable shared token, or None. A ``recheck`` (under the lock, after a first read
+        of the same key) counts only a hit: the first read counted the miss or the rejection."""
         blob = await self.store.get(name)
         if blob is None:
-            self.observer.lookup("miss")
+            if not recheck:
+                self.observer.lookup("miss")
             return None
-        token = self._open(name, blob)
+        token = self._open(name, blob, count=not recheck)
         if token is None:
             return None
         if not self._usable(token, current, tags):
-            self.observer.lookup("unusable")
+            if not recheck:
+                self.observer.lookup("unusable")
             return None
         self.observer.lookup("hit")
         return token

@@ -396,3 +396,31 @@ async def wait_ping(port: int) -> None:
                     return
             except sync_redis.RedisError:
                 await asyncio.sleep(0.02)
+
+
+async def test_a_value_written_between_the_first_read_and_the_lock_is_taken_not_acquired_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Double-checked locking: replica B finished (wrote the token, released the lock) after
+    replica A read a miss but before A took the lock; A must serve B's token, not call Entra."""
+    shared = make_shared(redis_server, tmp_path)
+    l1_a, l1_b = TokenCache(POLICY), TokenCache(POLICY)
+    up_a, up_b = Upstream(), Upstream()
+    store = shared.store
+    real_try_lock = store.try_lock
+
+    async def lock_after_b_finished(lock_name: str) -> object:
+        store.try_lock = real_try_lock  # type: ignore[method-assign]
+        await get(l1_b, shared, up_b)  # B: miss, lock, Entra, write, unlock
+        return await real_try_lock(lock_name)
+
+    store.try_lock = lock_after_b_finished  # type: ignore[method-assign]
+    try:
+        token_a = await get(l1_a, shared, up_a)
+        assert up_b.calls == 1 and up_a.calls == 0
+        assert token_a == l1_b.current(KEY)
+        assert redis_server.client().get(shared.redis_name(KEY) + ":lock") is None  # A released the lock
+    finally:
+        await l1_a.aclose()
+        await l1_b.aclose()
+        await shared.aclose()

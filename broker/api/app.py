@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.admin import add_admin_routes
 from broker.api.downstream import add_downstream_routes
-from broker.api.guards import start_guards, stop_guards
-from broker.api.middleware import errors_middleware, local_callers_middleware
+from broker.api.guards import guard_middleware, start_guards, stop_guards
+from broker.api.middleware import errors_middleware
 from broker.api.msi import add_msi_routes
 from broker.api.observe import bind_routes, observe_middleware
 from broker.api.openapi import openapi_document
@@ -24,7 +24,7 @@ API_MAX_BODY = 64 * 1024
 def create_api_app(runtime: Runtime) -> web.Application:
     """The token API, with Microsoft's sidecar's routes."""
     app = web.Application(
-        middlewares=[observe_middleware(runtime.metrics), errors_middleware, local_callers_middleware],
+        middlewares=[observe_middleware(runtime.metrics), errors_middleware, guard_middleware],
         client_max_size=API_MAX_BODY,
     )
     app[RUNTIME] = runtime

@@ -103,7 +103,6 @@ class UpstreamHttp:
         self._session.mount("http://", adapter)
         self._discovery: dict[str, _CachedGet] = {}
         self._lock = threading.Lock()
-        self.network_gets = 0
 
     @property
     def session(self) -> requests.Session:
@@ -139,7 +138,6 @@ class UpstreamHttp:
             return hit.response
         self._timeout(kwargs)
         resp = self._session.get(url, **kwargs)
-        self.network_gets += 1
         if 200 <= resp.status_code < 300:
             with self._lock:
                 self._discovery[key] = _CachedGet(resp, now + DISCOVERY_TTL_SECONDS)

@@ -12,7 +12,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY broker ./broker
+COPY agent_token_broker ./agent_token_broker
+COPY entra_emulator ./entra_emulator
 RUN python -m pip wheel --wheel-dir /wheels .
 
 # ---- runtime: the wheels installed into a slim image, nothing else --------------------------

@@ -18,7 +18,7 @@ dev: $(STAMP)
 	$(BIN)/agent-token-broker dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests loadtests
+	$(BIN)/ruff check agent_token_broker entra_emulator tests loadtests
 	$(BIN)/mypy
 
 test: lint

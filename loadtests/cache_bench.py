@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.cache import CachedToken, CachePolicy, TokenCache
+from agent_token_broker.cache import CachedToken, CachePolicy, TokenCache
 
 TOKEN_CHARS = 1800  # a typical Entra access token (JWT) length
 PEEKS_PER_ROUND = 200_000

@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 import redis
 
-from broker.cache.token import CachedToken
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import running
-from broker.settings import load_settings
-from broker.tokens import Flow, TokenRequest
+from agent_token_broker.cache.token import CachedToken
+from agent_token_broker.server import running
+from agent_token_broker.settings import load_settings
+from agent_token_broker.tokens import Flow, TokenRequest
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 
 GRAPH_SCOPE = f"{demo.GRAPH_RESOURCE}/.default"
 PATH = f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}"

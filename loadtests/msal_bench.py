@@ -12,8 +12,8 @@ from typing import Any
 
 import msal
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 
 
 def msal_hit_cost(emulator: EmulatorServer, *, calls: int = 20_000, rounds: int = 5) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 30.0
@@ -80,7 +80,7 @@ def tenant_spec(n_agents: int) -> dict[str, Any] | None:
     """The demo tenant plus enough agent identities (with app consent to both APIs); None = demo as is."""
     if n_agents <= 2:
         return None
-    from broker.emulator.tenant import default_spec
+    from entra_emulator.tenant import default_spec
 
     spec = default_spec()
     extra = agent_ids(n_agents)[2:]
@@ -118,9 +118,9 @@ class Broker:
         })
         env.update(extra or {})
         if profile_out is None:
-            cmd = [sys.executable, "-m", "broker.cli", "serve"]
+            cmd = [sys.executable, "-m", "agent_token_broker.cli", "serve"]
         else:  # cProfile writes its stats when serve returns (SIGTERM = graceful stop)
-            code = ("import cProfile,sys; from broker.cli import main; "
+            code = ("import cProfile,sys; from agent_token_broker.cli import main; "
                     f"cProfile.run('main([\"serve\"])', {str(profile_out)!r})")
             cmd = [sys.executable, "-c", code]
         self._log = open(log_path, "ab")

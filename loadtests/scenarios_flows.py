@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from loadtests import procs
 from loadtests.clients import stampede as run_stampede
 from loadtests.clients import warm

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The deployment assets agree with the broker's code: config keys, defaults, ports, probes.
 
 Every environment variable the manifests and compose.yaml give the broker is fed to the real
-loader (broker.settings.load_settings); a name the loader does not know fails here, so the
+loader (agent_token_broker.settings.load_settings); a name the loader does not know fails here, so the
 manifests and docs cannot drift from the code.
 """
 
@@ -12,10 +12,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from broker.emulator import demo
-from broker.settings import DEFAULT_SIGNED_ASSERTION_FILE, ConfigError, Listen, Settings, load_settings
-from broker.settings.model import DEFAULT_LISTEN, DEFAULT_OPS_LISTEN
-from broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE
+from agent_token_broker.settings import (
+    DEFAULT_SIGNED_ASSERTION_FILE,
+    ConfigError,
+    Listen,
+    Settings,
+    load_settings,
+)
+from agent_token_broker.settings.model import DEFAULT_LISTEN, DEFAULT_OPS_LISTEN
+from agent_token_broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE
+from entra_emulator import demo
 from tests.deploy.helpers import (
     AGENT_CONTAINER,
     BROKER_CONTAINER,
@@ -107,7 +113,7 @@ def test_compose_broker_env_is_accepted_and_wired_to_the_emulator() -> None:
     broker, emulator, agent = services["broker"], services["emulator"], services["agent"]
     env = {k: str(v) for k, v in broker["environment"].items()}
     settings = _load_exactly(env)
-    # The demo tenant the emulator serves (broker/emulator/demo.py).
+    # The demo tenant the emulator serves (entra_emulator/demo.py).
     assert settings.azure_ad.tenant_id == demo.TENANT_ID
     assert settings.azure_ad.client_id == demo.BLUEPRINT_APP_ID
     (credential,) = settings.azure_ad.credentials

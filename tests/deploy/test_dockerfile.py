@@ -121,9 +121,9 @@ def test_dockerignore_keeps_exactly_what_the_build_copies(tmp_path: Path) -> Non
     scripts = (info / "entry_points.txt").read_text()
     names = set((info / "SOURCES.txt").read_text().split())
     command = entrypoint_command(runtime_stage())
-    assert f"{command[0]} = broker.cli:main" in scripts
+    assert f"{command[0]} = agent_token_broker.cli:main" in scripts
     # compose.yaml runs the emulator from the same image.
-    assert {"broker/cli.py", "broker/server.py", "broker/emulator/cli.py"} <= names
+    assert {"agent_token_broker/cli.py", "agent_token_broker/server.py", "entra_emulator/cli.py"} <= names
 
 
 def test_healthcheck_and_commands_use_exec_form() -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.settings.tree import KNOWN_SECTIONS
+from agent_token_broker.settings.tree import KNOWN_SECTIONS
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.deploy.helpers import (
     AGENT_CONTAINER,
     BROKER_CONTAINER,

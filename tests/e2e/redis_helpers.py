@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.emulator.runner import EmulatorServer
+from entra_emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
 from tests.support import free_port, require_binary
 

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import RunningBroker, running
+from agent_token_broker.server import RunningBroker, running
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import make_settings
 from tests.support import free_port, require_binary
 

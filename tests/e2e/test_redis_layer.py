@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.cache.engine import TokenCache
-from broker.cache.keys import token_key
-from broker.cache.policy import CachePolicy
-from broker.cache.token import AcquireError, CachedToken
-from broker.l2 import KeyRing, KeyRingError, SealError, SharedTokenCache, build_shared_cache
-from broker.l2.breaker import BreakerState, CircuitBreaker
-from broker.l2.sealing import load_key_ring, parse_keys
-from broker.settings import ConfigError, load_settings
-from broker.settings.model import RedisCacheConfig
+from agent_token_broker.cache.engine import TokenCache
+from agent_token_broker.cache.keys import token_key
+from agent_token_broker.cache.policy import CachePolicy
+from agent_token_broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.l2 import KeyRing, KeyRingError, SealError, SharedTokenCache, build_shared_cache
+from agent_token_broker.l2.breaker import BreakerState, CircuitBreaker
+from agent_token_broker.l2.sealing import load_key_ring, parse_keys
+from agent_token_broker.settings import ConfigError, load_settings
+from agent_token_broker.settings.model import RedisCacheConfig
 from tests.e2e.redis_helpers import RedisServer, free_port, new_key, redis_server, write_key_file
 
 __all__ = ["redis_server"]

@@ -8,10 +8,10 @@ from typing import Any
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
-from broker.server import RunningBroker, running
-from broker.settings import load_settings
+from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.settings import load_settings
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
 from tests.integration.helpers import get
 

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 from tests.e2e.redis_helpers import RedisServer, free_port, new_key, redis_env, redis_server, write_key_file
 
 __all__ = ["redis_server"]
@@ -31,7 +31,7 @@ LEGS = ("t1", "t2", "app", "user_fic", "obo")
 
 def cli() -> list[str]:
     script = Path(sys.executable).parent / "agent-token-broker"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "broker.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agent_token_broker.cli"]
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:

@@ -10,8 +10,8 @@ import jwt
 import msal
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EXCHANGE = demo.TOKEN_EXCHANGE_SCOPE

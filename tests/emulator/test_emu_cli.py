@@ -1,4 +1,4 @@
-"""``python -m broker.emulator`` runs, prints its URLs, loads a tenant file and stops on SIGTERM."""
+"""``python -m entra_emulator`` runs, prints its URLs, loads a tenant file and stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.cli import main
+from entra_emulator import demo
+from entra_emulator.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 BP = "0b0b0b0b-0000-4000-8000-00000000000b"
@@ -39,7 +39,7 @@ def test_module_runs_with_tenant_file_and_stops_on_sigterm(tmp_path: Path) -> No
     tenant_file.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.emulator", "--port", "0", "--mi-port", "0",
+        [sys.executable, "-m", "entra_emulator", "--port", "0", "--mi-port", "0",
          "--state-dir", str(tmp_path / "state"), "--tenant-file", str(tenant_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )

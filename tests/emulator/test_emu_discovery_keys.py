@@ -6,8 +6,8 @@ import jwt
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.emulator.emu_helpers import GRAPH_DEFAULT, agent_app, jwks, ok, t1, validate
 
 

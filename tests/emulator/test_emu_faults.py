@@ -10,8 +10,8 @@ import msal
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.emulator.emu_helpers import EXCHANGE, GRAPH_DEFAULT, agent_app, cca, post_token
 
 T1_FORM = {"grant_type": "client_credentials", "client_id": demo.BLUEPRINT_APP_ID, "scope": EXCHANGE,

@@ -9,9 +9,9 @@ import msal
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.emulator.tokens import fmi_subject
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator.tokens import fmi_subject
 from tests.emulator.emu_helpers import (
     EXCHANGE,
     GRAPH_DEFAULT,

@@ -16,9 +16,9 @@ from urllib.parse import quote, urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.api.openapi import openapi_document
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from agent_token_broker.api.openapi import openapi_document
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 
 # Routes and query parameters come from the broker's own OpenAPI document (served at /openapi.json),

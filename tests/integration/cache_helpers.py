@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.helpers import claims_of
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID

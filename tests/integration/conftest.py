@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorServer
-from broker.server import RunningBroker, running
-from broker.settings import Settings, load_settings
+from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.settings import Settings, load_settings
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorServer
 
 BrokerFactory = Callable[..., AbstractAsyncContextManager[RunningBroker]]
 

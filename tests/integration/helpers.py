@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
 
 
 def claims_of(jwt_token: str) -> dict[str, Any]:

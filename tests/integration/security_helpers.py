@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.emulator.runner import EmulatorServer
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
+from entra_emulator.runner import EmulatorServer
 
 STRICT_HEADER = {"X-Token-Broker-Request": "true"}
 

@@ -7,7 +7,7 @@ import json
 import time
 from urllib.parse import quote
 
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, requests_since, select
 from tests.integration.conftest import BrokerFactory
 

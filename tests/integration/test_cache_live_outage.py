@@ -16,7 +16,7 @@ import time
 
 import aiohttp
 
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import (
     A1,
     A2,

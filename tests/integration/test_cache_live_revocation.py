@@ -8,8 +8,8 @@ import time
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import (
     A1,
     A2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, requests_since, select
 from tests.integration.conftest import BrokerFactory
 

@@ -1,6 +1,6 @@
 """429 with Retry-After: the throttled key is not retried upstream before Retry-After; others are unaffected.
 
-MSAL's own throttle replay is disabled (broker/entra/apps.py): it keys a 429 without
+MSAL's own throttle replay is disabled (agent_token_broker/entra/apps.py): it keys a 429 without
 ``fmi_path``, so one throttled agent's T1 would block its sibling agents' T1 requests.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import (
     A1,
     A2,

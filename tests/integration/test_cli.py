@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import base_env
 from tests.support import free_port
 
-CLI = [sys.executable, "-m", "broker.cli"]
+CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:

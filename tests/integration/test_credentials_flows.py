@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
 from tests.integration.helpers import bearer_claims, get
 

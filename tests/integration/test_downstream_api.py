@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import claims_of, get
 

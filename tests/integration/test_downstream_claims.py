@@ -9,10 +9,10 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from broker.api.downstream_http import claims_challenge, safe_relative_path
-from broker.api.problems import ProblemError
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from agent_token_broker.api.downstream_http import claims_challenge, safe_relative_path
+from agent_token_broker.api.problems import ProblemError
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import bearer_claims, get
 

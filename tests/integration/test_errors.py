@@ -8,9 +8,9 @@ import aiohttp
 import jwt
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 

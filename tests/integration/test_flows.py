@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.helpers import bearer_claims, get
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID

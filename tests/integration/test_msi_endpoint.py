@@ -23,10 +23,10 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ManagedIdentityCredential
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import RunningBroker
-from broker.settings import ConfigError, effective_config, load_settings
+from agent_token_broker.server import RunningBroker
+from agent_token_broker.settings import ConfigError, effective_config, load_settings
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
 from tests.integration.helpers import claims_of
 

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
-from broker.logs import REQUEST_ID, redact, setup_logging
-from broker.server import RunningBroker
+from agent_token_broker.logs import REQUEST_ID, redact, setup_logging
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 
@@ -111,11 +111,11 @@ async def test_logs_never_contain_tokens_assertions_or_secrets(
     assert demo.BLUEPRINT_SECRET not in raw
 
     lines = logs.lines()
-    access = [e for e in lines if e["logger"] == "broker.access"]
+    access = [e for e in lines if e["logger"] == "agent_token_broker.access"]
     assert len(access) >= 9
     assert all(e["request_id"] and e["route"] and e["status"] for e in access)
     assert len({e["request_id"] for e in access}) == len(access)
-    upstream = [e for e in lines if e["logger"] == "broker.upstream"]
+    upstream = [e for e in lines if e["logger"] == "agent_token_broker.upstream"]
     legs = {e["leg"] for e in upstream}
     assert {"t1", "app", "t2", "user_fic", "obo", "blueprint_app", "blueprint_obo"} <= legs, legs
     # Entra correlation ids and the request that caused the upstream call are in the records.
@@ -135,7 +135,7 @@ async def test_request_id_is_in_every_record_of_a_request(
     )
     assert status == 200 and headers["X-Request-Id"] == "req-42"
     mine = [e for e in logs.lines() if e.get("request_id") == "req-42"]
-    assert {e["logger"] for e in mine} >= {"broker.access", "broker.upstream"}
+    assert {e["logger"] for e in mine} >= {"agent_token_broker.access", "agent_token_broker.upstream"}
     assert REQUEST_ID.get() is None  # nothing leaks into the test's own context
 
 

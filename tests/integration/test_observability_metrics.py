@@ -12,12 +12,12 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.cache.token import CachedToken
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
-from broker.metrics import BrokerMetrics
-from broker.server import RunningBroker
-from broker.tokens import Flow, TokenRequest
+from agent_token_broker.cache.token import CachedToken
+from agent_token_broker.metrics import BrokerMetrics
+from agent_token_broker.server import RunningBroker
+from agent_token_broker.tokens import Flow, TokenRequest
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import RunningBroker, running
-from broker.settings import load_settings
+from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.settings import load_settings
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
 from tests.integration.helpers import get
 

@@ -7,9 +7,9 @@ import pytest
 from multidict import MultiDict
 from openapi_spec_validator import validate
 
-from broker.api.params import parse_query
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from agent_token_broker.api.params import parse_query
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 
 SAMPLE_VALUES = {
@@ -56,7 +56,7 @@ async def test_openapi_document_is_valid_and_matches_the_router(
 
 @pytest.mark.parametrize("path", ["/AuthorizationHeader/{api}", "/DownstreamApi/{api}"])
 def test_every_documented_query_parameter_is_one_the_parser_accepts(path: str) -> None:
-    from broker.api.openapi import openapi_document
+    from agent_token_broker.api.openapi import openapi_document
 
     operation = next(iter(openapi_document()["paths"][path].values()))
     names = [p["name"] for p in operation["parameters"] if p["in"] == "query"]

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 
 A1 = demo.AGENT_1_ID
 JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
-LOGGERS = ("", "broker", "msal", "urllib3", "requests", "aiohttp", "asyncio")
+LOGGERS = ("", "agent_token_broker", "msal", "urllib3", "requests", "aiohttp", "asyncio")
 
 
 class _Capture(logging.Handler):

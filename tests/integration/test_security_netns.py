@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 
 HOST_IP = "10.200.77.1"

@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 from tests.integration.security_helpers import STRICT_HEADER, assert_problem_parts

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.emulator import demo
-from broker.emulator.runner import EmulatorAdmin, EmulatorServer
-from broker.server import RunningBroker
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.helpers import get
 from tests.integration.security_helpers import (
     alg_none,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.cache import CachePolicy, TokenCache
-from broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import CachePolicy, TokenCache
+from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
 
 
 def make(**policy: float) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from broker.cache.keys import token_key
-from broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.cache.keys import token_key
+from agent_token_broker.cache.token import AcquireError, CachedToken
 
 T = "72F988BF-86F1-41AF-91AB-2D7CD011DB47"
 C = "00000000-0000-0000-0000-00000000ABCD"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.cache.policy import (
+from agent_token_broker.cache.policy import (
     CachePolicy,
     backoff_delay,
     fresh_margin,
@@ -16,7 +16,7 @@ from broker.cache.policy import (
     refresh_time,
     retry_delay,
 )
-from broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.cache.token import AcquireError, CachedToken
 
 P = CachePolicy()
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from broker.cache import AcquireError, CachePolicy, TokenCache
-from broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
+from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
 
 TIMEOUT = 10
 

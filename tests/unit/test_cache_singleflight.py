@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from broker.cache import AcquireError, CachePolicy, TokenCache
-from broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
+from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
 
 TIMEOUT = 10
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from broker.credentials import CertificateSource, CredentialError, build_sources
-from broker.settings import AzureAdConfig, CredentialConfig, Secret
+from agent_token_broker.credentials import CertificateSource, CredentialError, build_sources
+from agent_token_broker.settings import AzureAdConfig, CredentialConfig, Secret
 
 CLIENT = "3b6e9d21-8a4f-4c7e-b152-6f0a9e3d7c58"
 ENDPOINT = "https://login.test/7f3c1a52-4d0e-4b8a-9c61-2e5f8d9a0b14/oauth2/v2.0/token"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.credentials import CredentialError, SignedAssertionFileSource
+from agent_token_broker.credentials import CredentialError, SignedAssertionFileSource
 
 
 def replace(path: Path, text: str) -> None:

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from broker.credentials import CredentialError, ManagedIdentitySource, build_sources
-from broker.settings import AzureAdConfig, CredentialConfig
+from agent_token_broker.credentials import CredentialError, ManagedIdentitySource, build_sources
+from agent_token_broker.settings import AzureAdConfig, CredentialConfig
 
 MI_CLIENT_ID = "d1d1d1d1-0001-4a2b-8c3d-4e5f6a7b8c91"
 EXCHANGE = "api://AzureADTokenExchange"

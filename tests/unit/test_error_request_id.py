@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.api.middleware import errors_middleware
-from broker.api.observe import observe_middleware
-from broker.metrics import BrokerMetrics
+from agent_token_broker.api.middleware import errors_middleware
+from agent_token_broker.api.observe import observe_middleware
+from agent_token_broker.metrics import BrokerMetrics
 
 
 async def test_unexpected_error_body_carries_the_request_id_of_the_request() -> None:

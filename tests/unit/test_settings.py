@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.settings import (
+from agent_token_broker.settings import (
     DEFAULT_SIGNED_ASSERTION_FILE,
     REDACTED,
     ConfigError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.settings import Listen, ListenError, load_settings, parse_listen
+from agent_token_broker.settings import Listen, ListenError, load_settings, parse_listen
 
 BASE = {
     "AzureAd__TenantId": "7f3c1a52-4d0e-4b8a-9c61-2e5f8d9a0b14",

@@ -23,7 +23,12 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.validation import InboundValidator, InsufficientScope, InvalidToken, ValidatorUnavailable
+from agent_token_broker.validation import (
+    InboundValidator,
+    InsufficientScope,
+    InvalidToken,
+    ValidatorUnavailable,
+)
 
 TENANT = "7f2a3c1e-0000-4000-8000-00000000abcd"
 CLIENT_ID = "5b1e9d2a-0000-4000-8000-00000000c11e"

@@ -10,15 +10,20 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.validation import InsufficientScope, InvalidToken
-from broker.validation.checks import (
+from agent_token_broker.validation import InsufficientScope, InvalidToken
+from agent_token_broker.validation.checks import (
     check_audience,
     check_issuer,
     check_lifetime,
     check_permissions,
     parse_header,
 )
-from broker.validation.documents import DocumentError, parse_jwks, parse_metadata, substitute_tenant
+from agent_token_broker.validation.documents import (
+    DocumentError,
+    parse_jwks,
+    parse_metadata,
+    substitute_tenant,
+)
 
 TENANT = "7f2a3c1e-0000-4000-8000-00000000abcd"
 V2 = f"https://login.microsoftonline.com/{TENANT}/v2.0"

@@ -1,0 +1,171 @@
+"""Abuse limits: token buckets for cache misses, in-flight request caps per caller.
+
+A cache miss is the only thing a caller can do that reaches Entra, so misses are
+rate-limited (globally and per agent) while cache hits never are. The per-agent
+bucket table is bounded, so a flood of distinct agent ids cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from agent_token_broker.api.problems import ProblemError, retry_after_header
+from agent_token_broker.settings.security import LimitsConfig
+from agent_token_broker.tokens import TokenRequest
+
+MAX_AGENT_BUCKETS = 10_000
+MAX_RECENT_KEYS = 10_000
+# A key charged once is free for this long: concurrent requests for one cold key join the
+# cache's single in-flight acquisition, so only distinct keys cost Entra anything.
+RECENT_KEY_SECONDS = 10.0
+Clock = Callable[[], float]
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` stored."""
+
+    rate: float
+    burst: float
+    clock: Clock = time.monotonic
+    tokens: float = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.stamp = self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def try_take(self) -> float:
+        """Take one token; return 0.0 on success, else the seconds until one is available."""
+        self._refill()
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+    def give_back(self) -> None:
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
+    @property
+    def full(self) -> bool:
+        self._refill()
+        return self.tokens >= self.burst
+
+
+class MissLimiter:
+    """Global + per-agent token buckets on cache misses."""
+
+    def __init__(self, limits: LimitsConfig, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._global = TokenBucket(limits.cache_misses_per_second, limits.cache_miss_burst, clock)
+        self._rate = limits.cache_misses_per_second_per_agent
+        self._burst = limits.cache_miss_burst_per_agent
+        self._agents: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._recent: OrderedDict[Hashable, float] = OrderedDict()
+
+    def _agent_bucket(self, key: str) -> TokenBucket:
+        bucket = self._agents.get(key)
+        if bucket is not None:
+            self._agents.move_to_end(key)
+            return bucket
+        if len(self._agents) >= MAX_AGENT_BUCKETS:
+            # Forget the least recently used bucket; a forgotten agent starts with a full
+            # bucket, but the global bucket still bounds the total.
+            self._agents.popitem(last=False)
+        bucket = TokenBucket(self._rate, self._burst, self._clock)
+        self._agents[key] = bucket
+        return bucket
+
+    def admit(self, agent_key: str, cache_key: Hashable | None = None) -> None:
+        """Admit one cache miss for ``agent_key`` or raise a 429 problem with ``Retry-After``.
+
+        A ``cache_key`` admitted in the last ``RECENT_KEY_SECONDS`` is admitted for free.
+        """
+        now = self._clock()
+        if cache_key is not None:
+            until = self._recent.get(cache_key)
+            if until is not None and until > now:
+                return
+        self._charge(agent_key)
+        if cache_key is not None:
+            self._recent[cache_key] = now + RECENT_KEY_SECONDS
+            self._recent.move_to_end(cache_key)
+            while len(self._recent) > MAX_RECENT_KEYS:
+                self._recent.popitem(last=False)
+
+    def _charge(self, agent_key: str) -> None:
+        agent = self._agent_bucket(agent_key)
+        wait = agent.try_take()
+        if wait:
+            raise _too_many("this agent", wait)
+        wait = self._global.try_take()
+        if wait:
+            agent.give_back()
+            raise _too_many("the broker", wait)
+
+
+def _too_many(who: str, wait: float) -> ProblemError:
+    return ProblemError(
+        429,
+        f"too many token requests that miss the cache for {who}; retry later",
+        slug="too-many-cache-misses",
+        headers=retry_after_header(math.ceil(wait)),
+    )
+
+
+class InFlight:
+    """Counts in-flight requests, globally and per caller."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self._max_total = limits.max_concurrent_requests
+        self._max_caller = limits.max_concurrent_requests_per_caller
+        self._total = 0
+        self._by_caller: dict[str, int] = {}
+
+    def enter(self, caller: str) -> None:
+        """Count a request in, or raise 429 (per caller) / 503 (broker full)."""
+        if self._by_caller.get(caller, 0) >= self._max_caller:
+            raise ProblemError(
+                429,
+                "too many concurrent requests from this caller",
+                slug="too-many-concurrent-requests",
+                headers=retry_after_header(1),
+            )
+        if self._total >= self._max_total:
+            raise ProblemError(
+                503, "the broker is busy", slug="broker-busy", headers=retry_after_header(1)
+            )
+        self._total += 1
+        self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
+
+    def leave(self, caller: str) -> None:
+        self._total -= 1
+        left = self._by_caller.get(caller, 1) - 1
+        if left <= 0:
+            self._by_caller.pop(caller, None)
+        else:
+            self._by_caller[caller] = left
+
+
+# The limiter of the API app serving the current request (set by the guard middleware),
+# so that any route that ends in a cache miss (serve_token) is limited without plumbing.
+CURRENT_MISS_LIMITER: contextvars.ContextVar[MissLimiter | None] = contextvars.ContextVar(
+    "broker_miss_limiter", default=None
+)
+
+
+def admit_cache_miss(req: TokenRequest, cache_key: Hashable | None = None) -> None:
+    """Called right before a token request goes to the cache's slow path (may reach Entra)."""
+    limiter = CURRENT_MISS_LIMITER.get()
+    if limiter is not None:
+        limiter.admit(req.agent or "(blueprint)", cache_key)

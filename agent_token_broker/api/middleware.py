@@ -1,0 +1,45 @@
+"""API middleware: problem+json for every error (no tracebacks). The inbound guards are in guards.py."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from agent_token_broker.api.problems import ProblemError, problem_response, render
+from agent_token_broker.logs import REQUEST_ID
+
+log = logging.getLogger("agent_token_broker.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as problem+json; unexpected ones as a generic 500 with a request id."""
+    try:
+        return await handler(request)
+    except ProblemError as err:
+        return render(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(
+            exc.status, exc.reason
+        )
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(exc.status, detail, headers=headers)
+    except Exception as exc:
+        # The id observe_middleware gave this request (and its log records); one of our own
+        # only when the error happened outside it (the ops listener).
+        request_id = REQUEST_ID.get() or str(uuid.uuid4())
+        log.error(
+            "unexpected error handling %s %s: %s (requestId=%s)",
+            request.method,
+            request.path,
+            type(exc).__name__,
+            request_id,
+        )
+        return problem_response(500, "An unexpected error occurred.", requestId=request_id)
+

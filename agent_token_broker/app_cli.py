@@ -1,0 +1,126 @@
+"""``serve``, ``dev`` and ``check-config`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from agent_token_broker.logs import setup_logging
+from agent_token_broker.settings import ConfigError, Settings, effective_config, load_settings
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="appsettings.json-style configuration file")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set a configuration key (e.g. Broker__Listen=127.0.0.1:5001); repeatable",
+    )
+    parser.add_argument(
+        "--listen", help="API listener (Broker__Listen), e.g. 127.0.0.1:5000 or unix:/run/b.sock"
+    )
+    parser.add_argument("--ops-listen", help="ops listener (Broker__OpsListen), or 'off'")
+    parser.add_argument("--log-level", help="log level (Logging__LogLevel__Default)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"--set {item.split('=')[0]!r}: expected KEY=VALUE"])
+        overrides[key.strip()] = value
+    if args.listen:
+        overrides["Broker__Listen"] = args.listen
+    if args.ops_listen:
+        overrides["Broker__OpsListen"] = args.ops_listen
+    if args.log_level:
+        overrides["Logging__LogLevel__Default"] = args.log_level
+    return overrides
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings | None:
+    try:
+        return load_settings(env=env, config_file=args.config, overrides=_overrides(args))
+    except ConfigError as err:
+        for line in err.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return None
+
+
+def check_config_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agent-token-broker check-config")
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    settings = _load(args)
+    if settings is None:
+        return 2
+    print(json.dumps(effective_config(settings), indent=2, default=str))
+    return 0
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agent-token-broker serve")
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    settings = _load(args)
+    if settings is None:
+        return 2
+    setup_logging(settings.log_level)
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    """Run until signalled; a listener that cannot be opened is one clear line, not a traceback."""
+    import logging
+
+    from agent_token_broker.server import run, serve_forever
+
+    log = logging.getLogger("agent_token_broker")
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
+    try:
+        run(serve_forever(settings))
+    except OSError as exc:
+        print(f"agent-token-broker: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def dev_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="agent-token-broker dev",
+        description="Run the broker wired to the embedded Entra emulator with a demo tenant.",
+    )
+    _common_args(parser)
+    parser.add_argument("--state-dir", help="where the emulator writes its CA and demo certificates")
+    parser.add_argument(
+        "--emulator-port", type=int, default=0, help="emulator HTTPS port (default: any free)"
+    )
+    args = parser.parse_args(argv)
+    from agent_token_broker.dev import dev_environment, print_instructions
+    from entra_emulator.runner import EmulatorServer
+
+    state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="agent-token-broker-dev-"))
+    emulator = EmulatorServer(state_dir, port=args.emulator_port).start()
+    try:
+        env = dict(os.environ)
+        env.update(dev_environment(emulator))
+        os.environ["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
+        if not args.listen and "Broker__Listen" not in env:
+            args.listen = "127.0.0.1:5000"
+        settings = _load(args, env=env)
+        if settings is None:
+            return 2
+        setup_logging(settings.log_level)
+        print_instructions(settings, emulator)
+        return _serve(settings)
+    finally:
+        emulator.stop()

@@ -1,0 +1,428 @@
+"""TokenCache: single-flight, refresh-ahead, static stability, negative cache, LRU.
+
+The design (states, timers, invariants) is in ``cache.md`` beside this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable
+
+from agent_token_broker.cache.entry import KeyEntry, TimerKind
+from agent_token_broker.cache.observer import CacheObserver, NullObserver
+from agent_token_broker.cache.policy import (
+    CachePolicy,
+    fresh_margin,
+    negative_until,
+    refresh_time,
+    retry_delay,
+    stale_margin,
+)
+from agent_token_broker.cache.store import KeyStore
+from agent_token_broker.cache.token import AcquireError, CachedToken
+
+__all__ = ["TokenCache"]
+
+Acquire = Callable[[], Awaitable[CachedToken]]
+_EMPTY: frozenset[str] = frozenset()
+
+
+class TokenCache:
+    """An asyncio cache of tokens produced by ``async () -> CachedToken`` functions.
+
+    Args:
+        policy: timings and bounds (:class:`CachePolicy`).
+        clock: wall-clock epoch seconds; the same clock as the tokens' times.
+            Every policy decision reads it; tests inject a fake one.
+        rand: uniform ``[0, 1)`` source for jitter.
+        observer: metric hooks (:class:`CacheObserver`); default ignores them.
+
+    All methods must be called from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        policy: CachePolicy = CachePolicy(),  # noqa: B008 - frozen, immutable default
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        observer: CacheObserver | None = None,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._rand = rand
+        self._obs: CacheObserver = observer if observer is not None else NullObserver()
+        self._lookup = self._obs.lookup
+        self._store = KeyStore(policy.max_entries, self._obs)
+        self._lru = self._store.lru  # hot path: one attribute hop less
+        self._tasks: set[asyncio.Task[CachedToken]] = set()
+        self._closed = False
+
+    @property
+    def policy(self) -> CachePolicy:
+        return self._policy
+
+    # ------------------------------------------------------------------ hot path
+    def peek(self, key: Hashable) -> CachedToken | None:
+        """Return the fresh token for ``key`` (at least ``min_remaining`` left) or None.
+
+        Synchronous, no I/O: one map lookup, one clock read, one flag set.
+        A hit marks the key used (so it is refreshed ahead) and most recent.
+        """
+        entry = self._lru.get(key)
+        if entry is None:
+            return None
+        entry.touched = True
+        token = entry.token
+        if token is not None and self._clock() < entry.fresh_until:
+            entry.used = True
+            self._lookup("hit")
+            return token
+        return None
+
+    def current(self, key: Hashable) -> CachedToken | None:
+        """The token held for ``key``, servable or not; no side effects (for a shared L2's checks)."""
+        entry = self._lru.quiet_get(key)
+        return entry.token if entry is not None else None
+
+    async def get(
+        self,
+        key: Hashable,
+        acquire: Acquire,
+        *,
+        tags: frozenset[str] = _EMPTY,
+        force_refresh: bool = False,
+    ) -> CachedToken:
+        """Return a servable token for ``key``, acquiring it with ``acquire`` if needed.
+
+        Args:
+            key: any hashable (see :func:`agent_token_broker.cache.keys.token_key`).
+            acquire: called (at most once at a time per key) to get a new token;
+                stored with the entry for background refreshes (latest wins).
+            tags: group names for revocation (e.g. agent id, blueprint id).
+            force_refresh: bypass the cached token and the negative cache (a
+                claims challenge or ForceRefresh). Joins an acquisition already
+                in flight. Rate-limited per key: within
+                ``force_refresh_min_interval`` of the previous forced refresh it
+                behaves as a plain ``get`` (serving the token that refresh got).
+                A forced refresh that fails is raised even if a token is cached.
+
+        Raises:
+            AcquireError: the acquisition failed and no servable token is cached
+                (a remembered failure is raised again, with ``retry_after`` set to
+                the time left, without calling ``acquire``); a definitive error
+                is always raised.
+        """
+        now = self._clock()
+        entry = self._entry_for(self._lru.hit(key), key, acquire, tags)
+        if force_refresh:
+            forced_at = entry.forced_at
+            if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
+                return await self._forced(entry, now)
+            if entry.inflight is not None:  # rate-limited: share the refresh already running
+                self._lookup("coalesced")
+                return await asyncio.shield(entry.inflight)
+        token = entry.token
+        if token is not None and now < entry.fresh_until:
+            entry.used = True
+            self._lookup("hit")
+            return token
+        return await self._slow_get(entry, now)
+
+    def put(
+        self, key: Hashable, token: CachedToken, acquire: Acquire, *, tags: frozenset[str] = _EMPTY
+    ) -> None:
+        """Store a token obtained elsewhere (warm-up, shared cache) as if just acquired.
+
+        Must be called with the event loop running (it arms the refresh timer).
+        """
+        entry = self._entry_for(self._lru.quiet_get(key), key, acquire, tags)
+        self._on_success(entry, token, count=False)
+
+    def _entry_for(
+        self, entry: KeyEntry | None, key: Hashable, acquire: Acquire, tags: frozenset[str]
+    ) -> KeyEntry:
+        """``entry`` (the latest ``acquire`` and any new ``tags`` recorded), or a new one for ``key``."""
+        if entry is None:
+            return self._store.insert(key, acquire, tags)
+        entry.acquire = acquire
+        if tags and not tags <= entry.tags:
+            self._store.add_tags(entry, tags)
+        return entry
+
+    # ----------------------------------------------------------------- slow path
+    async def _forced(self, entry: KeyEntry, now: float) -> CachedToken:
+        entry.forced_at = now
+        entry.clear_failure()
+        task = entry.inflight
+        if task is None:
+            task = self._start(entry)
+            self._lookup("miss")
+        else:
+            self._lookup("coalesced")
+        return await asyncio.shield(task)
+
+    async def _slow_get(self, entry: KeyEntry, now: float) -> CachedToken:
+        token = entry.token
+        if token is not None and now >= token.expires_at:
+            entry.clear_token()
+            self._obs.evicted("expired", 1)
+            token = None
+        if token is not None and now < entry.stale_until:
+            # Valid but below min_remaining: never wait on a failing upstream.
+            entry.used = True
+            if entry.failures > 0 or now < entry.neg_until:
+                self._lookup("stale")
+                return token
+            task = entry.inflight
+            label = "coalesced"
+            if task is None:
+                task = self._start(entry)
+                label = "miss"
+            try:
+                async with asyncio.timeout(self._policy.stale_wait):
+                    new = await asyncio.shield(task)
+            except TimeoutError:
+                self._lookup("stale")
+                return token
+            except AcquireError as err:
+                if err.transient:
+                    self._lookup("stale")
+                    return token
+                self._lookup(label)
+                raise
+            self._lookup(label)
+            return new
+        # Nothing servable.
+        neg = entry.neg_error
+        if neg is not None and now < entry.neg_until:
+            self._lookup("negative")
+            raise neg.with_retry_after(entry.neg_until - now)
+        task = entry.inflight
+        if task is None:
+            task = self._start(entry)
+            self._lookup("miss")
+        else:
+            self._lookup("coalesced")
+        return await asyncio.shield(task)
+
+    def _start(self, entry: KeyEntry) -> asyncio.Task[CachedToken]:
+        task = asyncio.get_running_loop().create_task(self._acquire(entry))
+        entry.inflight = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[CachedToken]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # mark retrieved: background refreshes may have no waiter
+
+    async def _acquire(self, entry: KeyEntry) -> CachedToken:
+        me = asyncio.current_task()
+        try:
+            token = await entry.acquire()
+        except AcquireError as err:
+            self._release(entry, me)
+            self._on_failure(entry, err)
+            raise
+        except Exception as exc:
+            self._release(entry, me)
+            wrapped = AcquireError(f"token acquisition failed ({type(exc).__name__})", transient=True)
+            self._on_failure(entry, wrapped)
+            raise wrapped from exc
+        except BaseException:
+            self._release(entry, me)
+            raise
+        self._release(entry, me)
+        self._on_success(entry, token)
+        return token
+
+    @staticmethod
+    def _release(entry: KeyEntry, me: asyncio.Task[object] | None) -> None:
+        if entry.inflight is me:
+            entry.inflight = None
+
+    def _on_success(self, entry: KeyEntry, token: CachedToken, *, count: bool = True) -> None:
+        if count:
+            self._obs.refresh("success")
+        entry.clear_failure()
+        if not entry.alive:
+            return
+        entry.token = token
+        entry.used = False
+        entry.fresh_until = token.expires_at - fresh_margin(token, self._policy)
+        entry.stale_until = token.expires_at - stale_margin(token, self._policy)
+        self._schedule(entry, refresh_time(token, self._policy, self._rand), TimerKind.REFRESH)
+
+    def _on_failure(self, entry: KeyEntry, err: AcquireError) -> None:
+        now = self._clock()
+        if not err.transient:
+            self._obs.refresh("definitive_error")
+            self._revoke(entry, err, now)
+            return
+        self._obs.refresh("transient_error")
+        entry.failures += 1
+        entry.neg_error = err
+        entry.neg_until = negative_until(err, now, self._policy)
+        if not entry.alive:
+            return
+        token = entry.token
+        if token is not None and now < token.expires_at:
+            delay = retry_delay(err, entry.failures, self._policy, self._rand)
+            self._schedule(entry, now + delay, TimerKind.REFRESH)
+        else:
+            self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
+
+    def _revoke(self, entry: KeyEntry, err: AcquireError, now: float) -> None:
+        """A definitive refusal: drop the tokens of ``entry`` and of every entry tagged with
+        one of ``err.evict_tags``, and remember the refusal for all of them.
+
+        The tagged entries keep the negative record (not just the refused key): otherwise
+        each sibling key of a disabled agent would go upstream again, be refused, and wipe
+        the others' records in turn, hammering the authority.
+        """
+        until = negative_until(err, now, self._policy)
+        victims = [entry]
+        for key in self._store.keys_tagged(err.evict_tags):
+            other = self._lru.quiet_get(key)
+            if other is not None and other is not entry:
+                victims.append(other)
+        count = 0
+        for victim in victims:
+            if victim.token is not None:
+                count += 1
+            victim.clear_token()
+            victim.failures = 0
+            victim.neg_error = err
+            victim.neg_until = until
+            if victim.alive:
+                self._schedule(victim, until, TimerKind.EXPIRE)
+        if count:
+            self._obs.evicted("revoked", count)
+
+    # -------------------------------------------------------------------- timers
+    def _schedule(self, entry: KeyEntry, due: float, kind: str) -> None:
+        self._store.cancel_timer(entry)
+        if self._closed:
+            return
+        entry.timer_due = due
+        entry.timer_kind = kind
+        self._store.timed[entry.key] = entry
+        delay = max(0.0, due - self._clock())
+        entry.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, entry)
+
+    def _on_timer(self, entry: KeyEntry) -> None:
+        entry.timer = None
+        if not entry.alive or self._closed:
+            return
+        now = self._clock()
+        if now < entry.timer_due:  # loop time ran ahead of the cache's clock: re-arm
+            delay = max(entry.timer_due - now, 0.001)
+            entry.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, entry)
+            return
+        self._fire(entry, now)
+
+    def _fire(self, entry: KeyEntry, now: float) -> asyncio.Task[CachedToken] | None:
+        self._store.cancel_timer(entry)
+        token = entry.token
+        if entry.timer_kind == TimerKind.EXPIRE or token is None or now >= token.expires_at:
+            self._expire_if_empty(entry, now)
+            return None
+        if not entry.used:
+            self._obs.refresh("skipped_idle")
+            self._schedule(entry, token.expires_at, TimerKind.EXPIRE)
+            return None
+        if entry.inflight is not None:
+            return entry.inflight
+        if entry.failures:
+            entry.used = False  # keep retrying only while requests still want this key
+        return self._start(entry)
+
+    def _expire_if_empty(self, entry: KeyEntry, now: float) -> None:
+        token = entry.token
+        if token is not None and now < token.expires_at:
+            self._schedule(entry, token.expires_at, TimerKind.EXPIRE)
+            return
+        if entry.inflight is not None:
+            return  # its completion schedules the next timer
+        if now < entry.neg_until:
+            self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
+            return
+        self._store.remove(entry)
+        self._obs.evicted("expired", 1)
+        self._obs.entries(len(self._lru))
+
+    async def run_due_refreshes(self) -> int:
+        """Fire every timer whose time has come by ``clock()`` and await the refreshes started.
+
+        The loop's own timers do the same in production; this lets tests (and
+        a fake clock) drive refresh-ahead, retries and expiry deterministically.
+        Returns the number of acquisitions awaited.
+        """
+        now = self._clock()
+        due = [e for e in list(self._store.timed.values()) if e.timer_due <= now]
+        tasks: list[asyncio.Task[CachedToken]] = []
+        for entry in due:
+            if entry.alive:
+                task = self._fire(entry, now)
+                if task is not None and task not in tasks:
+                    tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks)
+        return len(tasks)
+
+    def due_times(self) -> dict[Hashable, float]:
+        """Pending timer time per key (for tests and diagnostics)."""
+        return {k: e.timer_due for k, e in self._store.timed.items()}
+
+    # ------------------------------------------------------------------- admin
+    def evict(self, key: Hashable) -> bool:
+        """Remove ``key`` (admin action). Returns whether it was present."""
+        entry = self._lru.quiet_get(key)
+        if entry is None:
+            return False
+        self._store.remove(entry)
+        self._obs.evicted("admin", 1)
+        self._obs.entries(len(self._lru))
+        return True
+
+    def evict_tag(self, tag: str) -> int:
+        """Remove every entry carrying ``tag`` (admin action). Returns how many."""
+        removed, _ = self._store.remove_keys(list(self._store.tags.get(tag, ())))
+        if removed:
+            self._obs.evicted("admin", removed)
+            self._obs.entries(len(self._lru))
+        return removed
+
+    def clear(self) -> int:
+        """Remove every entry (admin action). Returns how many."""
+        removed = self._store.clear()
+        if removed:
+            self._obs.evicted("admin", removed)
+        self._obs.entries(0)
+        return removed
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def tag_index_size(self) -> int:
+        """Number of (tag, key) pairs in the revocation index (for leak checks)."""
+        return self._store.tag_index_size()
+
+    def next_expiry(self) -> float | None:
+        """Earliest ``expires_at`` among entries used since their last acquisition."""
+        return self._store.next_expiry()
+
+    async def aclose(self) -> None:
+        """Cancel every timer and in-flight acquisition; later gets schedule no timers."""
+        self._closed = True
+        for entry in list(self._store.timed.values()):
+            self._store.cancel_timer(entry)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)

@@ -1,0 +1,75 @@
+"""``SourceType=SignedAssertionFilePath``: a federated token file (AKS workload identity).
+
+The kubelet rotates the projected token by swapping a ``..data`` symlink, so the path is
+stat'ed on every call (cheap) and re-read only when the stat changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from agent_token_broker.credentials.base import (
+    CredentialError,
+    CredentialSource,
+    StatKey,
+    os_reason,
+    stat_key,
+)
+
+
+class AssertionFile:
+    """A zero-argument callable returning the file's current content, stripped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stat: StatKey | None = None
+        self._content = ""
+
+    def __call__(self) -> str:
+        current = stat_key(self.path)
+        if current is None:
+            raise CredentialError(f"{self.path}: signed assertion file not found", transient=True)
+        with self._lock:
+            if current != self._stat or not self._content:
+                content = self._read()
+                if not content:
+                    raise CredentialError(f"{self.path}: signed assertion file is empty", transient=True)
+                self._stat, self._content = current, content
+            return self._content
+
+    def _read(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except FileNotFoundError:
+            raise CredentialError(f"{self.path}: signed assertion file not found", transient=True) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+            raise CredentialError(f"{self.path}: cannot read signed assertion file ({reason})") from None
+
+    def __repr__(self) -> str:
+        return f"<AssertionFile {self.path}>"
+
+
+class SignedAssertionFileSource(CredentialSource):
+    """Returns ``{"client_assertion": AssertionFile}``; the callable re-reads, so ``version()`` is constant."""
+
+    source_type = "SignedAssertionFilePath"
+
+    def __init__(self, index: int, path: str) -> None:
+        self.index = index
+        self.path = path
+        self._assertion = AssertionFile(path)
+
+    def describe(self) -> str:
+        return f"SignedAssertionFilePath {self.path}"
+
+    def client_credential(self) -> dict[str, Any]:
+        self._assertion()  # fail now, with a clear message, if the file is missing or empty
+        return {"client_assertion": self._assertion}
+
+    def version(self) -> Hashable:
+        return 0

@@ -1,0 +1,150 @@
+"""``SourceType=SignedAssertionFromManagedIdentity``: a managed-identity token as the client assertion.
+
+MSAL's ``ManagedIdentityClient`` picks the endpoint (IMDS, App Service, Azure Arc, ...) from
+the environment, and caches its own tokens (refreshing at half-life for long-lived ones).
+The token is requested for ``api://AzureADTokenExchange`` (a resource, not a scope).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+import msal
+import requests
+
+from agent_token_broker.credentials.base import CredentialError, CredentialSource
+
+DEFAULT_TIMEOUT = (3.0, 10.0)
+
+
+class _TimeoutHttpClient:
+    """Wraps a ``requests.Session``: adds a default timeout (IMDS hangs off Azure) and records
+    the last HTTP status per thread so errors can be classed as transient or not."""
+
+    def __init__(self, session: requests.Session, timeout: tuple[float, float]) -> None:
+        self._session = session
+        self._timeout = timeout
+        self._local = threading.local()
+
+    @property
+    def last_status(self) -> int | None:
+        return getattr(self._local, "status", None)
+
+    def reset(self) -> None:
+        self._local.status = None
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        response = self._session.get(url, **kwargs)
+        self._local.status = response.status_code
+        return response
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        response = self._session.post(url, **kwargs)
+        self._local.status = response.status_code
+        return response
+
+    def close(self) -> None:  # MSAL never closes it; the owner of the session does
+        pass
+
+
+class ManagedIdentityAssertion:
+    """A zero-argument callable: the managed identity's token for the exchange resource."""
+
+    def __init__(self, client: Any, http: _TimeoutHttpClient, resource: str, label: str) -> None:
+        self._client = client
+        self._http = http
+        self._resource = resource
+        self._label = label
+
+    def __call__(self) -> str:
+        self._http.reset()
+        try:
+            result = self._client.acquire_token_for_client(resource=self._resource)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise CredentialError(
+                f"{self._label}: managed identity endpoint unreachable ({type(exc).__name__})", transient=True
+            ) from None
+        except requests.RequestException as exc:
+            raise CredentialError(
+                f"{self._label}: managed identity request failed ({type(exc).__name__})", transient=True
+            ) from None
+        except ValueError:  # a non-JSON body, typically an error page from a proxy or a 5xx
+            raise CredentialError(
+                f"{self._label}: managed identity endpoint returned a non-JSON response"
+                + _status_suffix(self._http.last_status),
+                transient=True,
+            ) from None
+        except msal.ManagedIdentityError as exc:
+            raise CredentialError(f"{self._label}: {_short(str(exc))}") from None
+        token = result.get("access_token") if isinstance(result, dict) else None
+        if token:
+            return str(token)
+        status = self._http.last_status
+        error = (
+            _short(str(result.get("error", "unknown_error"))) if isinstance(result, dict) else "unknown_error"
+        )
+        description = _short(str(result.get("error_description", ""))) if isinstance(result, dict) else ""
+        transient = status is None or status == 429 or status >= 500
+        detail = f"{error}: {description}" if description else error
+        raise CredentialError(
+            f"{self._label}: managed identity token request failed ({detail}){_status_suffix(status)}",
+            transient=transient,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ManagedIdentityAssertion {self._label} resource={self._resource}>"
+
+
+def _status_suffix(status: int | None) -> str:
+    return f" [HTTP {status}]" if status is not None else ""
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ManagedIdentitySource(CredentialSource):
+    """Returns ``{"client_assertion": ManagedIdentityAssertion}``; MSAL's MI client caches and
+    refreshes its own token, so ``version()`` is constant."""
+
+    source_type = "SignedAssertionFromManagedIdentity"
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        client_id: str | None,
+        resource: str,
+        http_session: requests.Session | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.index = index
+        self.client_id = client_id
+        self.resource = resource
+        session = http_session if http_session is not None else requests.Session()
+        self._http = _TimeoutHttpClient(session, timeout)
+        identity: Any = (
+            msal.UserAssignedManagedIdentity(client_id=client_id)
+            if client_id
+            else msal.SystemAssignedManagedIdentity()
+        )
+        # Service Fabric pins its server certificate on a derived requests.Session; MSAL needs the session.
+        http_client: Any = session if os.environ.get("IDENTITY_SERVER_THUMBPRINT") else self._http
+        self._client = msal.ManagedIdentityClient(identity, http_client=http_client)
+        self._assertion = ManagedIdentityAssertion(self._client, self._http, resource, self.describe())
+
+    def describe(self) -> str:
+        who = f"user-assigned {self.client_id}" if self.client_id else "system-assigned"
+        return f"SignedAssertionFromManagedIdentity ({who})"
+
+    def client_credential(self) -> dict[str, Any]:
+        return {"client_assertion": self._assertion}
+
+    def version(self) -> Hashable:
+        return 0

@@ -1,0 +1,199 @@
+"""Composition root: builds the broker's parts from :class:`Settings` and owns their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field, replace
+
+import aiohttp
+
+from agent_token_broker.cache.engine import TokenCache
+from agent_token_broker.cache.policy import CachePolicy
+from agent_token_broker.credentials import build_sources
+from agent_token_broker.entra.http import UpstreamHttp, trust_bundle
+from agent_token_broker.entra.legs import EntraLegs
+from agent_token_broker.l2 import SharedTokenCache, build_shared_cache
+from agent_token_broker.l2.metrics import SharedCacheMetrics
+from agent_token_broker.metrics import BrokerMetrics
+from agent_token_broker.readiness import Readiness, ReadinessState, UpstreamMonitor
+from agent_token_broker.settings import DownstreamApiConfig, Settings
+from agent_token_broker.tokens import TokenRequest, TokenService
+from agent_token_broker.validation import InboundValidator
+
+log = logging.getLogger("agent_token_broker")
+REQUEST_MEMO_SIZE = 16384  # covers the identities a sidecar serves; ~0.6 KiB each
+PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
+
+
+def cache_policy(settings: Settings) -> CachePolicy:
+    c = settings.cache
+    return CachePolicy(
+        min_remaining=c.min_remaining_seconds,
+        stale_floor=c.stale_floor_seconds,
+        refresh_fraction=c.refresh_fraction,
+        jitter_fraction=c.jitter_fraction,
+        stale_wait=c.stale_wait_seconds,
+        backoff_base=c.backoff_base_seconds,
+        backoff_cap=c.backoff_cap_seconds,
+        negative_ttl=c.negative_ttl_seconds,
+        retry_after_cap=c.retry_after_cap_seconds,
+        force_refresh_min_interval=c.force_refresh_min_interval_seconds,
+        max_entries=c.max_entries,
+    )
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    """TLS trust for aiohttp clients, following ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` like MSAL does."""
+    bundle = trust_bundle()
+    if isinstance(bundle, str):
+        return ssl.create_default_context(cafile=bundle)
+    return ssl.create_default_context()
+
+
+@dataclass
+class Runtime:
+    """Everything a running broker holds; reachable from the aiohttp apps via ``RUNTIME``."""
+
+    settings: Settings
+    legs: EntraLegs
+    cache: TokenCache
+    tokens: TokenService
+    validator: InboundValidator
+    session: aiohttp.ClientSession
+    metrics: BrokerMetrics
+    readiness: Readiness
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
+    # Accepted unauthenticated requests: (API name, raw query) -> (TokenRequest, cache key or None),
+    # at most REQUEST_MEMO_SIZE entries (see api/routes.py).
+    request_memo: dict[tuple[str, str], tuple[TokenRequest, tuple[object, ...] | None]] = field(
+        default_factory=dict
+    )
+
+    def downstream_api(self, name: str) -> DownstreamApiConfig | None:
+        return self.settings.downstream_apis.get(name)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Runtime:
+        ad = settings.azure_ad
+        up = settings.upstream
+        http = UpstreamHttp(
+            connect_timeout=up.connect_timeout_seconds,
+            read_timeout=up.read_timeout_seconds,
+            pool_size=up.max_concurrency,
+        )
+        sources = build_sources(ad, http_session=http.session)
+        legs = EntraLegs(
+            blueprint_id=ad.client_id,
+            tenant_id=ad.tenant_id,
+            instance=ad.instance,
+            sources=sources,
+            http=http,
+            max_workers=up.max_concurrency,
+            max_agent_apps=settings.cache.max_agent_clients,
+        )
+        metrics = BrokerMetrics()
+        monitor = UpstreamMonitor(metrics)
+        legs.observer = monitor
+        cache = TokenCache(cache_policy(settings), observer=metrics)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_ssl_context(), limit=16),
+            cookie_jar=aiohttp.DummyCookieJar(),  # downstream APIs' cookies must not reach other callers
+            timeout=aiohttp.ClientTimeout(total=up.read_timeout_seconds, connect=up.connect_timeout_seconds),
+        )
+        validator = InboundValidator(
+            authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=session
+        )
+
+        async def probe_authority() -> bool:
+            return await authority_answers(session, ad.instance, ad.tenant_id, up.read_timeout_seconds)
+
+        async def probe_credential() -> bool:
+            return await legs.warm_up() is None
+
+        readiness = Readiness(
+            cache, monitor, probe_authority=probe_authority, probe_credential=probe_credential
+        )
+        metrics.next_expiry = cache.next_expiry
+        metrics.credential_ready = lambda: legs.credential_ok and monitor.credential_up
+        metrics.authority_ready = lambda: legs.authority_ok and monitor.authority_up
+        metrics.ready = lambda: readiness.ready
+        shared = None
+        if settings.cache.redis is not None:
+            shared = build_shared_cache(
+                settings.cache.redis,
+                cache.policy,
+                namespace=ad.client_id,
+                observer=SharedCacheMetrics(metrics.registry),
+            )
+            shared.start()
+        return cls(
+            settings=settings,
+            legs=legs,
+            cache=cache,
+            tokens=TokenService(legs, cache, shared),
+            validator=validator,
+            session=session,
+            metrics=metrics,
+            readiness=readiness,
+            shared_cache=shared,
+        )
+
+    @property
+    def readiness_detail(self) -> str:
+        return self.readiness_state().detail
+
+    def readiness_state(self) -> ReadinessState:
+        state = self.readiness.state()
+        note = self.shared_cache.health_note() if self.shared_cache is not None else None
+        return replace(state, detail=f"{state.detail}; {note}") if note else state
+
+    async def warm_up(self) -> None:
+        """Readiness: a credential produced an assertion and the authority answered (retried until so)."""
+        delay = 1.0
+        while True:
+            problem = await self.legs.warm_up()
+            if problem is None:
+                try:
+                    await self.validator.prefetch()
+                except Exception as exc:
+                    problem = f"authority signing keys unavailable ({type(exc).__name__})"
+            if problem is None:
+                self.readiness.started = True
+                self.ready_event.set()
+                log.info("broker ready: blueprint credential and authority OK")
+                await self.readiness.run()  # keeps probing while degraded, until cancelled
+                return
+            self.readiness.startup_detail = problem
+            log.warning("not ready yet: %s (retrying in %.0fs)", problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def close(self) -> None:
+        await self.cache.aclose()
+        if self.shared_cache is not None:
+            await self.shared_cache.aclose()
+        await self.validator.aclose()
+        await self.session.close()
+        self.legs.close()
+
+
+async def authority_answers(
+    session: aiohttp.ClientSession, instance: str, tenant: str, seconds: float
+) -> bool:
+    """True when the tenant's token endpoint answers at all (below HTTP 500).
+
+    The probe carries no credential and an unknown grant type, so a live authority
+    refuses it with HTTP 400 and no token is issued.
+    """
+    url = f"{instance.rstrip('/')}/{tenant}/oauth2/v2.0/token"
+    try:
+        async with session.post(
+            url, data={"grant_type": PROBE_GRANT}, timeout=aiohttp.ClientTimeout(total=seconds)
+        ) as resp:
+            await resp.read()
+            return resp.status < 500
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False

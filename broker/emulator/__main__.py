@@ -1,3 +1,0 @@
-from broker.emulator.cli import main
-
-raise SystemExit(main())

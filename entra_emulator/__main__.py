@@ -1,0 +1,3 @@
+from entra_emulator.cli import main
+
+raise SystemExit(main())

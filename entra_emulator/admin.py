@@ -1,0 +1,176 @@
+"""Admin/test endpoints under ``/_emulator/`` on the HTTPS port (JSON in/out).
+
+See the module docstring of ``entra_emulator.runner`` for the client API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from entra_emulator import demo
+from entra_emulator.faults import parse_fault
+from entra_emulator.state import EmulatorState
+from entra_emulator.tenant import CredentialKinds, Directory
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise AdminError(400, "body must be JSON") from None
+    if not isinstance(data, dict):
+        raise AdminError(400, "body must be a JSON object")
+    return data
+
+
+def _wrap(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return _json(await fn(request))
+        except AdminError as err:
+            return _json({"error": str(err)}, err.status)
+        except (ValueError, TypeError, KeyError) as err:
+            return _json({"error": f"bad request: {err}"}, 400)
+
+    return handler
+
+
+def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
+    def directory() -> Directory:  # reset replaces the directory object
+        return state.directory
+
+    async def reset(request: web.Request) -> Any:
+        state.reset()
+        return {"ok": True}
+
+    async def log(request: web.Request) -> Any:
+        since = request.rel_url.query.get("since")
+        return state.log.snapshot(int(since) if since else None)
+
+    async def add_fault(request: web.Request) -> Any:
+        return {"id": state.faults.add(parse_fault(await _body(request)))}
+
+    async def list_faults(request: web.Request) -> Any:
+        return {"faults": state.faults.active()}
+
+    async def clear_faults(request: web.Request) -> Any:
+        state.faults.clear()
+        return {"ok": True}
+
+    def _agent(request: web.Request) -> Any:
+        agent = directory().agents.get(request.match_info["id"].lower())
+        if agent is None:
+            raise AdminError(404, "unknown agent identity")
+        return agent
+
+    def _blueprint(request: web.Request) -> Any:
+        bp = directory().blueprints.get(request.match_info["id"].lower())
+        if bp is None:
+            raise AdminError(404, "unknown blueprint")
+        return bp
+
+    async def agent_switch(request: web.Request) -> Any:
+        _agent(request).disabled = request.match_info["action"] == "disable"
+        return {"ok": True}
+
+    async def blueprint_switch(request: web.Request) -> Any:
+        _blueprint(request).disabled = request.match_info["action"] == "disable"
+        return {"ok": True}
+
+    async def revoke_consent(request: web.Request) -> Any:
+        body = await _body(request)
+        client_id, res_name = str(body["client_id"]).lower(), str(body["resource"])
+        res = directory().resource(res_name)
+        if res is None:
+            raise AdminError(404, "unknown resource")
+        removed = directory().app_consents.pop((client_id, res.app_id), None)
+        removed_d = directory().delegated_consents.pop((client_id, res.app_id), None)
+        return {"ok": True, "revoked": bool(removed or removed_d)}
+
+    async def remove_credential(request: web.Request) -> Any:
+        bp = _blueprint(request)
+        kind = request.match_info["kind"]
+        if kind not in CredentialKinds:
+            raise AdminError(400, f"kind must be one of {CredentialKinds}")
+        if kind == "secret":
+            bp.secrets.clear()
+        elif kind == "certificate":
+            bp.certificates.clear()
+        else:
+            bp.fics = [f for f in bp.fics if f.kind != kind]
+        return {"ok": True}
+
+    async def user_token(request: web.Request) -> Any:
+        body = await _body(request)
+        user = directory().user(str(body.get("user", demo.DEMO_USER_UPN)))
+        if user is None:
+            raise AdminError(404, "unknown user")
+        tenant = str(body.get("tenant", demo.TENANT_ID)).lower()
+        minted = state.minter.subject_user_token(
+            tenant, user, str(body.get("audience", demo.BLUEPRINT_APP_ID)),
+            str(body.get("scp", demo.BLUEPRINT_SCOPE)), int(body.get("lifetime", 3600)),
+        )
+        return {"access_token": minted.token, "expires_in": minted.expires_in}
+
+    async def workload_token(request: web.Request) -> Any:
+        body = await _body(request)
+        lifetime = int(body.get("lifetime", 3600))
+        now = int(time.time())
+        iat = now if lifetime > 0 else now - 7200
+        claims = {
+            "iss": demo.KUBERNETES_ISSUER,
+            "sub": str(body.get("subject", demo.WORKLOAD_SUBJECT)),
+            "aud": [str(body.get("audience", demo.TOKEN_EXCHANGE_RESOURCE))],
+            "iat": iat, "nbf": iat, "exp": now + lifetime if lifetime > 0 else now - 60,
+            "jti": str(uuid.uuid4()),
+            "kubernetes.io": {"namespace": "agents", "serviceaccount": {"name": "agent-sa", "uid": str(uuid.uuid4())}},
+        }
+        token = jwt.encode(claims, state.k8s_key, algorithm="RS256", headers={"kid": state.k8s_kid})
+        return {"token": token, "expires_in": lifetime}
+
+    async def rotate(request: web.Request) -> Any:
+        return {"active_kid": state.keys.rotate()}
+
+    async def settings(request: web.Request) -> Any:
+        state.settings.update(await _body(request))
+        return state.settings.as_dict()
+
+    async def summary(request: web.Request) -> Any:
+        return state.summary()
+
+    r = app.router
+    r.add_post("/_emulator/reset", _wrap(reset))
+    r.add_get("/_emulator/log", _wrap(log))
+    r.add_post("/_emulator/faults", _wrap(add_fault))
+    r.add_get("/_emulator/faults", _wrap(list_faults))
+    r.add_delete("/_emulator/faults", _wrap(clear_faults))
+    r.add_post("/_emulator/agents/{id}/{action:disable|enable}", _wrap(agent_switch))
+    r.add_post("/_emulator/blueprints/{id}/{action:disable|enable}", _wrap(blueprint_switch))
+    r.add_post("/_emulator/consents/revoke", _wrap(revoke_consent))
+    r.add_delete("/_emulator/blueprints/{id}/credentials/{kind}", _wrap(remove_credential))
+    r.add_post("/_emulator/users/token", _wrap(user_token))
+    r.add_post("/_emulator/workload-token", _wrap(workload_token))
+    r.add_post("/_emulator/keys/rotate", _wrap(rotate))
+    r.add_post("/_emulator/settings", _wrap(settings))
+    r.add_get("/_emulator/state", _wrap(summary))

@@ -1,0 +1,97 @@
+"""Applying fault rules to a live aiohttp request (the I/O side of faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+
+from aiohttp import web
+
+from entra_emulator.errors import EntraError, error_body
+from entra_emulator.faults import Fault
+from entra_emulator.state import EmulatorState
+
+DROPPED = 0  # logged status of a request that got no HTTP response
+
+
+def drop_connection(request: web.Request, rst: bool) -> None:
+    """Close the request's connection without a response (RST when ``rst``)."""
+    transport = request.transport
+    if transport is None:
+        return
+    if rst:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        transport.abort()
+    else:
+        transport.close()
+
+
+class Dropped(web.HTTPException):
+    """Raised after the connection was dropped; aiohttp cannot write anything."""
+
+    status_code = 499
+
+
+def status_response(state: EmulatorState, fault: Fault, target: str) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = str(fault.retry_after)
+    if fault.plain_text:
+        text = "Too Many Requests" if fault.status == 429 else "Service Unavailable"
+        return web.Response(status=fault.status, text=text, headers=headers, content_type="text/plain")
+    if target == "mi":
+        body = {"error": "temporarily_unavailable" if fault.status in (429, 503) else "server_error",
+                "error_description": f"Injected fault: HTTP {fault.status}"}
+    else:
+        code = 90055 if fault.status == 429 else 50196 if fault.status < 500 else 50001
+        err = EntraError(code, "temporarily_unavailable" if fault.status in (429, 503) else "server_error",
+                         f"Injected fault: HTTP {fault.status}.", fault.status)
+        body = error_body(err, state.base_url, None)
+    return web.Response(status=fault.status, text=json.dumps(body), headers=headers, content_type="application/json")
+
+
+async def apply_faults(
+    request: web.Request,
+    state: EmulatorState,
+    *,
+    target: str,
+    endpoint: str,
+    leg: str,
+    client_id: str | None,
+    fmi_path: str | None,
+) -> tuple[web.StreamResponse | None, str | None]:
+    """Run matching faults. Returns (response to send instead, fault name).
+
+    A terminal drop (hang/reset/outage) is logged here and raises ``Dropped``.
+    """
+    faults = state.faults.pick(target, {"leg": leg, "client_id": client_id, "fmi_path": fmi_path})
+    if not faults:
+        return None, None
+    names: list[str] = []
+    for fault in faults:
+        if fault.mode == "latency":
+            names.append("latency")
+            await asyncio.sleep(fault.latency_ms / 1000)
+    terminal = next((f for f in faults if f.mode != "latency"), None)
+    if terminal is None:
+        return None, "latency"
+    names.append(terminal.mode)
+    name = "+".join(names)
+    if terminal.mode == "status":
+        resp = status_response(state, terminal, target)
+        state.log.record(endpoint, leg, client_id, fmi_path, terminal.status, None, name)
+        return resp, name
+    state.log.record(endpoint, leg, client_id, fmi_path, DROPPED, None, name)
+    if terminal.mode == "hang":
+        await state.faults.release_event().wait()
+        drop_connection(request, rst=False)
+    else:
+        drop_connection(request, rst=terminal.mode == "reset")
+    raise Dropped()

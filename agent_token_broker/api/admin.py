@@ -19,6 +19,7 @@ from aiohttp import web
 from agent_token_broker.api.problems import NO_STORE, ProblemError
 from agent_token_broker.api.state import RUNTIME
 from agent_token_broker.entra.legs import agent_tag, blueprint_tag
+from agent_token_broker.jsonlimits import loads_bounded
 from agent_token_broker.runtime import Runtime
 
 log = logging.getLogger("agent_token_broker.admin")
@@ -48,7 +49,7 @@ async def _read_body(request: web.Request) -> tuple[str, str | None]:
     if not request.can_read_body:
         raise ProblemError(400, 'a JSON body {"type": "agent|blueprint|all", "value": ...} is required')
     try:
-        body = json.loads(await request.read())
+        body = loads_bounded(await request.read())
     except (ValueError, UnicodeDecodeError):
         raise ProblemError(400, "the body is not valid JSON", slug="bad-request") from None
     if not isinstance(body, dict):

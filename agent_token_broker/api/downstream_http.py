@@ -7,9 +7,11 @@ path below it, query parameters and non-reserved headers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
@@ -19,6 +21,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from agent_token_broker.api.problems import ProblemError
+from agent_token_broker.api.redirects import REDIRECT_STATUSES, Hop, RedirectRefused, next_hop
+from agent_token_broker.jsonlimits import loads_bounded
 from agent_token_broker.settings import DownstreamApiConfig
 from agent_token_broker.settings.apis import HTTP_METHODS
 
@@ -29,15 +33,21 @@ CHUNK = 64 * 1024
 REDACTED_TOKEN = "[redacted]"
 EXTRA_HEADER = "extraheaderparameters."
 EXTRA_QUERY = "extraqueryparameters."
-# Headers a caller may not set through ExtraHeaderParameters (the broker owns them).
+# Headers a caller may not set through ExtraHeaderParameters: the broker owns them (credentials,
+# framing, content negotiation), they are hop-by-hop, or a proxy or framework in front of the
+# API would take them as routing, method or client-address overrides (X-Original-URL...), or
+# they exist to prove to a metadata service that the request is not forged (Metadata).
 RESERVED_HEADERS = frozenset(
     {
         "authorization",
         "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
         "cookie",
         "host",
         "content-length",
         "content-type",
+        "content-encoding",
         "accept",
         "transfer-encoding",
         "connection",
@@ -46,12 +56,26 @@ RESERVED_HEADERS = frozenset(
         "trailer",
         "upgrade",
         "expect",
+        "via",
         "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-host",
+        "x-original-url",
+        "x-original-uri",
+        "x-original-host",
+        "x-original-method",
+        "x-rewrite-url",
+        "x-http-method",
+        "x-http-method-override",
+        "x-method-override",
+        "metadata",
+        "x-identity-header",
     }
 )
+RESERVED_HEADER_PREFIXES = ("proxy-", "x-forwarded-")
 # Response headers copied into the result: .NET's content headers (what Microsoft's sidecar
 # returns) plus the three a caller needs to act on a 401, 3xx or 429/503.
 RESULT_HEADERS = frozenset(
@@ -87,11 +111,46 @@ def _plain_value(parameter: str, value: str, *, limit: int = 1024) -> str:
     return value
 
 
+MAX_DECODE_ROUNDS = 3
+
+
+def _fully_decoded(path: str, parameter: str) -> str:
+    """``path`` percent-decoded until it no longer changes (double/triple encoding included)."""
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = unquote(path)
+        if decoded == path:
+            return decoded
+        path = decoded
+    if unquote(path) != path:
+        raise _bad(parameter, f"{parameter} is percent-encoded more than {MAX_DECODE_ROUNDS} times")
+    return path
+
+
+def escapes_base(path: str, parameter: str = "optionsOverride.RelativePath") -> str | None:
+    """Why ``path`` could leave the base URL's path on a lenient server, or None when it cannot.
+
+    Servers and proxies in front of an API normalise paths differently: some decode
+    ``%2e``/``%2f`` (even twice), drop ``;parameters`` from a segment (``..;/`` is ``../``
+    on Tomcat and Spring), treat ``\\`` as ``/``, trim trailing dots and spaces or map
+    full-width dots to ``.``. The path is refused when any reading gives a ``.`` or ``..``
+    segment (or a dots-only one) or a control character.
+    """
+    decoded = _fully_decoded(path, parameter)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        return "a control character (after %-decoding)"
+    for segment in unicodedata.normalize("NFKC", decoded).replace("\\", "/").split("/"):
+        core = segment.split(";", 1)[0]
+        if "." in core and not core.replace(".", "").strip():
+            return "'.' or '..' segments (also %-encoded, with ';' parameters or trailing dots)"
+    return None
+
+
 def safe_relative_path(value: str, parameter: str = "optionsOverride.RelativePath") -> str:
     """A path (and optional query) below the base URL, or a 400 problem.
 
     Rejects absolute URLs and anything with a scheme, network-path references (``//host``),
-    ``.``/``..`` segments (also percent-encoded), backslashes, fragments and control characters.
+    dot segments in any form a server might normalise (see :func:`escapes_base`),
+    backslashes, fragments and control characters.
     """
     if len(value) > MAX_PATH_LENGTH:
         raise _bad(parameter, f"{parameter} is too long")
@@ -100,11 +159,12 @@ def safe_relative_path(value: str, parameter: str = "optionsOverride.RelativePat
     path = value.partition("?")[0]
     if path.startswith("//") or _SCHEME.match(path) or "://" in value:
         raise _bad(parameter, f"{parameter} must be a relative path, not a URL")
-    decoded = unquote(unquote(path))
-    if "\\" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
-        raise _bad(parameter, f"{parameter} must not contain '.' or '..' segments")
-    if decoded.startswith("//") or _SCHEME.match(decoded):
+    decoded = _fully_decoded(path, parameter)
+    if decoded.replace("\\", "/").startswith("//") or _SCHEME.match(decoded):
         raise _bad(parameter, f"{parameter} must be a relative path, not a URL")
+    reason = escapes_base(path, parameter)
+    if reason is not None:
+        raise _bad(parameter, f"{parameter} must not contain {reason}")
     return value
 
 
@@ -178,7 +238,12 @@ def build_call(
         elif key.startswith(EXTRA_HEADER):
             name = key[len(EXTRA_HEADER) :]
             param = "optionsOverride.ExtraHeaderParameters." + name
-            if not _HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
+            lower = name.lower()
+            if (
+                not _HEADER_NAME.match(name)
+                or lower in RESERVED_HEADERS
+                or lower.startswith(RESERVED_HEADER_PREFIXES)
+            ):
                 raise _bad(param, f"{param}: not a header name a caller may set")
             headers[name] = _plain_value(param, value)
     url = url.with_query(query) if query else url.with_query(None)
@@ -199,6 +264,29 @@ def build_call(
     return OutboundCall(method=method, url=url, headers=dict(headers), body=body or None)
 
 
+async def _read(resp: aiohttp.ClientResponse, max_bytes: int) -> DownstreamResult:
+    too_large = ProblemError(
+        502,
+        f"the downstream API's response exceeds Broker__Downstream__MaxResponseBytes ({max_bytes} bytes)",
+        slug="downstream-response-too-large",
+    )
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise too_large
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        data += chunk
+        if len(data) > max_bytes:
+            raise too_large
+    result = DownstreamResult(status=resp.status, body=bytes(data), charset=resp.charset)
+    for name, value in resp.headers.items():
+        lower = name.lower()
+        if lower in RESULT_HEADERS and lower != "content-length":
+            result.headers.setdefault(name, []).append(value)
+    if data:  # the body is decoded (Content-Encoding removed): report its real length
+        result.headers["Content-Length"] = [str(len(data))]
+    return result
+
+
 async def send(
     session: aiohttp.ClientSession,
     call: OutboundCall,
@@ -209,46 +297,37 @@ async def send(
     max_bytes: int,
     allow_redirects: bool,
 ) -> DownstreamResult:
-    """One attempt. Raises 502 (unreachable, too large, too many redirects) or 504 (timeout) problems."""
-    headers = dict(call.headers)
-    headers["Authorization"] = authorization
-    too_large = ProblemError(
-        502,
-        f"the downstream API's response exceeds Broker__Downstream__MaxResponseBytes ({max_bytes} bytes)",
-        slug="downstream-response-too-large",
-    )
+    """One attempt (with its redirects, when allowed: see :mod:`agent_token_broker.api.redirects`).
+
+    Raises 502 (unreachable, too large, too many or refused redirects) or 504 (timeout) problems;
+    ``total_seconds`` bounds the whole redirect chain.
+    """
+    hop = Hop(call.method, call.url, call.headers, call.body, with_token=True)
     try:
-        async with session.request(
-            call.method,
-            call.url,
-            headers=headers,
-            data=call.body,
-            allow_redirects=allow_redirects,
-            max_redirects=MAX_REDIRECTS,
-            timeout=aiohttp.ClientTimeout(total=total_seconds, connect=connect_seconds),
-        ) as resp:
-            if resp.content_length is not None and resp.content_length > max_bytes:
-                raise too_large
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                data += chunk
-                if len(data) > max_bytes:
-                    raise too_large
-            result = DownstreamResult(status=resp.status, body=bytes(data), charset=resp.charset)
-            for name, value in resp.headers.items():
-                lower = name.lower()
-                if lower in RESULT_HEADERS and lower != "content-length":
-                    result.headers.setdefault(name, []).append(value)
-            if data:  # the body is decoded (Content-Encoding removed): report its real length
-                result.headers["Content-Length"] = [str(len(data))]
-            return result
+        async with asyncio.timeout(total_seconds):
+            for _ in range(MAX_REDIRECTS + 1):
+                headers = dict(hop.headers)
+                if hop.with_token:
+                    headers["Authorization"] = authorization
+                async with session.request(
+                    hop.method,
+                    hop.url,
+                    headers=headers,
+                    data=hop.body,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=connect_seconds),
+                ) as resp:
+                    location = resp.headers.get("Location")
+                    if not (allow_redirects and resp.status in REDIRECT_STATUSES and location):
+                        return await _read(resp, max_bytes)
+                    hop = next_hop(hop, resp.status, location)
     except TimeoutError:
         raise ProblemError(
             504, f"the downstream API did not answer within {total_seconds:g} s", slug="downstream-timeout"
         ) from None
-    except aiohttp.TooManyRedirects:
+    except RedirectRefused as exc:
         raise ProblemError(
-            502, "the downstream API redirected too many times", slug="downstream-unreachable"
+            502, f"the downstream API's redirect was not followed: {exc}", slug="downstream-redirect-refused"
         ) from None
     except aiohttp.ClientError as exc:
         raise ProblemError(
@@ -256,6 +335,7 @@ async def send(
             f"the downstream API could not be reached ({type(exc).__name__})",
             slug="downstream-unreachable",
         ) from None
+    raise ProblemError(502, "the downstream API redirected too many times", slug="downstream-unreachable")
 
 
 def claims_challenge(www_authenticate: Iterable[str]) -> str | None:
@@ -283,7 +363,7 @@ def claims_challenge(www_authenticate: Iterable[str]) -> str | None:
             except (ValueError, UnicodeDecodeError):
                 continue
         try:
-            decoded = json.loads(text)
+            decoded = loads_bounded(text)
         except ValueError:
             continue
         if isinstance(decoded, dict) and decoded:

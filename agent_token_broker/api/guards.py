@@ -20,7 +20,7 @@ import struct
 import weakref
 from collections.abc import Awaitable, Callable
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion10, hdrs, web
 
 from agent_token_broker.api.deadlines import Deadlines
 from agent_token_broker.api.limits import CURRENT_MISS_LIMITER, InFlight, MissLimiter
@@ -156,6 +156,7 @@ _BAD_PATH = ProblemError(
     "the request path must be plain and normalised (no '%' escapes, '\\', '//', '.' or '..')",
     slug="bad-path",
 )
+_MISSING_HOST = "the request has no Host header (send HTTP/1.1, or Host with HTTP/1.0)"
 _BAD_API = ProblemError(
     400, "API names are 1-64 characters: letters, digits, '.', '_' and '-'", slug="bad-api-name"
 )
@@ -258,9 +259,11 @@ def _host_allowed(raw: str, local: str | None, allowed: tuple[str, ...]) -> bool
 
 def check_host(request: web.Request, settings: Settings, unix: str | None = None) -> None:
     """``Host`` must name loopback, the address the connection arrived on, or an allowed host."""
-    raw = request.headers.get(hdrs.HOST)
-    if raw is None or unix is not None:
+    if unix is not None:
         return
+    raw = request.headers.get(hdrs.HOST)
+    if raw is None:  # HTTP/1.0 may omit it; then nothing says which name the caller used
+        raise ProblemError(400, _MISSING_HOST, slug="missing-host")
     allowed = settings.security.allowed_hosts
     if "*" in allowed:
         return
@@ -295,6 +298,8 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Run every inbound check, then the handler within the concurrency cap and time limit."""
     state = guard_state(request.app)
     settings = state.settings
+    if request.version < HttpVersion10:  # HTTP/0.9-style request line: no headers at all
+        raise ProblemError(400, "HTTP/1.0 or HTTP/1.1 is required", slug="bad-http")
     check_path(request)
     exempt = request.path in EXEMPT_PATHS
     unix = _unix_peer(request)

@@ -19,6 +19,7 @@ from multidict import MultiMapping
 from yarl import URL
 
 from agent_token_broker.api.problems import ProblemError
+from agent_token_broker.jsonlimits import MAX_JSON_DEPTH, JsonTooDeep, loads_bounded
 
 OVERRIDE_PREFIX = "optionsoverride."
 MAX_VALUE_LENGTH = 2048
@@ -188,7 +189,14 @@ def parse_query(query: MultiMapping[str]) -> ParsedQuery:
                     400, f"{raw_name} is too long", slug="invalid-parameter", parameter=raw_name
                 )
             try:
-                decoded = json.loads(claims)
+                decoded = loads_bounded(claims)
+            except JsonTooDeep:
+                raise ProblemError(
+                    400,
+                    f"{raw_name} nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                    slug="invalid-parameter",
+                    parameter=raw_name,
+                ) from None
             except ValueError:
                 decoded = None
             if not isinstance(decoded, dict):

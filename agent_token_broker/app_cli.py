@@ -47,12 +47,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings | None:
+    from agent_token_broker.trust import trust_problems
+
+    trust = trust_problems(env)  # REQUESTS_CA_BUNDLE / SSL_CERT_FILE
     try:
-        return load_settings(env=env, config_file=args.config, overrides=_overrides(args))
+        settings = load_settings(env=env, config_file=args.config, overrides=_overrides(args))
     except ConfigError as err:
-        for line in err.problems:
-            print(f"config error: {line}", file=sys.stderr)
+        _print_config_error(ConfigError([*err.problems, *trust]))
         return None
+    if trust:
+        _print_config_error(ConfigError(trust))
+        return None
+    return settings
+
+
+def _print_config_error(err: ConfigError) -> None:
+    for line in err.problems:
+        print(f"config error: {line}", file=sys.stderr)
 
 
 def check_config_main(argv: Sequence[str]) -> int:
@@ -88,6 +99,9 @@ def _serve(settings: Settings) -> int:
         log.warning("config: %s", warning)
     try:
         run(serve_forever(settings))
+    except ConfigError as err:  # found while building the runtime
+        _print_config_error(err)
+        return 2
     except OSError as exc:
         print(f"agent-token-broker: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -12,14 +13,16 @@ import aiohttp
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.policy import CachePolicy
 from agent_token_broker.credentials import build_sources
-from agent_token_broker.entra.http import UpstreamHttp, trust_bundle
+from agent_token_broker.entra.http import UpstreamHttp
 from agent_token_broker.entra.legs import EntraLegs
 from agent_token_broker.l2 import SharedTokenCache, build_shared_cache
 from agent_token_broker.l2.metrics import SharedCacheMetrics
 from agent_token_broker.metrics import BrokerMetrics
+from agent_token_broker.outbound import OutboundSessions
 from agent_token_broker.readiness import Readiness, ReadinessState, UpstreamMonitor
 from agent_token_broker.settings import DownstreamApiConfig, Settings
 from agent_token_broker.tokens import TokenRequest, TokenService
+from agent_token_broker.trust import TrustStore
 from agent_token_broker.validation import InboundValidator
 
 log = logging.getLogger("agent_token_broker")
@@ -44,14 +47,6 @@ def cache_policy(settings: Settings) -> CachePolicy:
     )
 
 
-def client_ssl_context() -> ssl.SSLContext:
-    """TLS trust for aiohttp clients, following ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` like MSAL does."""
-    bundle = trust_bundle()
-    if isinstance(bundle, str):
-        return ssl.create_default_context(cafile=bundle)
-    return ssl.create_default_context()
-
-
 @dataclass
 class Runtime:
     """Everything a running broker holds; reachable from the aiohttp apps via ``RUNTIME``."""
@@ -61,7 +56,8 @@ class Runtime:
     cache: TokenCache
     tokens: TokenService
     validator: InboundValidator
-    session: aiohttp.ClientSession
+    outbound: OutboundSessions
+    trust: TrustStore
     metrics: BrokerMetrics
     readiness: Readiness
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,18 +68,29 @@ class Runtime:
         default_factory=dict
     )
 
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session for downstream API calls (its own pool; see :mod:`agent_token_broker.outbound`)."""
+        return self.outbound.downstream
+
     def downstream_api(self, name: str) -> DownstreamApiConfig | None:
         return self.settings.downstream_apis.get(name)
 
     @classmethod
-    async def create(cls, settings: Settings) -> Runtime:
+    async def create(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
+        """Build every part. :raises ConfigError: e.g. a trust variable names a missing CA bundle."""
         ad = settings.azure_ad
         up = settings.upstream
+        trust = TrustStore(env)
         http = UpstreamHttp(
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
             pool_size=up.max_concurrency,
+            ssl_context=trust.new_context(),
         )
+        trust.subscribe(lambda: http.use_ssl_context(trust.new_context()))
         sources = build_sources(ad, http_session=http.session)
         legs = EntraLegs(
             blueprint_id=ad.client_id,
@@ -98,17 +105,19 @@ class Runtime:
         monitor = UpstreamMonitor(metrics)
         legs.observer = monitor
         cache = TokenCache(cache_policy(settings), observer=metrics)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=client_ssl_context(), limit=16),
-            cookie_jar=aiohttp.DummyCookieJar(),  # downstream APIs' cookies must not reach other callers
-            timeout=aiohttp.ClientTimeout(total=up.read_timeout_seconds, connect=up.connect_timeout_seconds),
+        outbound = OutboundSessions(
+            trust,
+            connect_timeout=up.connect_timeout_seconds,
+            read_timeout=up.read_timeout_seconds,
+            downstream_connections=settings.downstream.max_connections,
+            retire_after=settings.downstream.timeout_seconds + up.read_timeout_seconds + 5.0,
         )
         validator = InboundValidator(
-            authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=session
+            authority=ad.authority, tenant_id=ad.tenant_id, audiences=ad.audiences, session=lambda: outbound.entra
         )
 
         async def probe_authority() -> bool:
-            return await authority_answers(session, ad.instance, ad.tenant_id, up.read_timeout_seconds)
+            return await authority_answers(outbound.entra, ad.instance, ad.tenant_id, up.read_timeout_seconds)
 
         async def probe_credential() -> bool:
             return await legs.warm_up() is None
@@ -135,10 +144,12 @@ class Runtime:
             cache=cache,
             tokens=TokenService(legs, cache, shared),
             validator=validator,
-            session=session,
+            outbound=outbound,
+            trust=trust,
             metrics=metrics,
             readiness=readiness,
             shared_cache=shared,
+            background=[asyncio.get_running_loop().create_task(trust.watch(), name="trust-watch")],
         )
 
     @property
@@ -172,11 +183,16 @@ class Runtime:
             delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.cache.aclose()
         if self.shared_cache is not None:
             await self.shared_cache.aclose()
         await self.validator.aclose()
-        await self.session.close()
+        await self.outbound.close()
         self.legs.close()
 
 

@@ -2,8 +2,8 @@
 
 Why our own client instead of MSAL's default:
 
-* one connection pool and one TLS trust setting (``REQUESTS_CA_BUNDLE`` or
-  ``SSL_CERT_FILE``) for the blueprint app and every per-agent app;
+* one connection pool for the blueprint app and every per-agent app, trusting the broker's
+  one trust store (:mod:`agent_token_broker.trust`; replaced live when the CA bundle changes);
 * timeouts on every call (a hung authority must not hang a worker thread);
 * discovery documents fetched once per process, not once per MSAL app, so a new
   agent identity costs no discovery request;
@@ -14,11 +14,10 @@ Why our own client instead of MSAL's default:
 
 from __future__ import annotations
 
-import os
+import ssl
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -62,12 +61,6 @@ def call_state() -> CallState:
     return _local.state
 
 
-def trust_bundle(env: Mapping[str, str] | None = None) -> str | bool:
-    """The CA bundle for outbound TLS: ``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``, else defaults."""
-    env = os.environ if env is None else env
-    return env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or True
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds form only; dates are ignored)."""
     if not value:
@@ -85,6 +78,22 @@ class _CachedGet:
     expires: float
 
 
+class _ContextAdapter(HTTPAdapter):
+    """An adapter whose TLS trust is the pool manager's ``ssl_context`` alone.
+
+    ``requests`` would otherwise add ``certifi``'s bundle (``verify=True``) or a file path to
+    every connection; with a context from the trust store, nothing else is loaded.
+    """
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if "ssl_context" not in self.poolmanager.connection_pool_kw:
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+            return
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
 @dataclass
 class UpstreamHttp:
     """A thread-safe ``http_client`` for MSAL (``post``/``get`` returning ``requests`` responses)."""
@@ -92,17 +101,25 @@ class UpstreamHttp:
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     pool_size: int = 16
-    verify: str | bool = field(default_factory=trust_bundle)
+    ssl_context: ssl.SSLContext | None = None  # None: the system's trust
 
     def __post_init__(self) -> None:
         self._session = requests.Session()
-        self._session.trust_env = False  # no proxies or netrc from the environment; trust is explicit
-        self._session.verify = self.verify
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session.trust_env = False  # no proxies, netrc or CA variables: trust is explicit
+        self._adapter = _ContextAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+        if self.ssl_context is not None:
+            self.use_ssl_context(self.ssl_context)
+        self._session.mount("https://", self._adapter)
+        self._session.mount("http://", self._adapter)
         self._discovery: dict[str, _CachedGet] = {}
         self._lock = threading.Lock()
+
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Trust ``context`` for new connections from now on (pooled ones are dropped)."""
+        self.ssl_context = context
+        manager = self._adapter.poolmanager
+        manager.connection_pool_kw["ssl_context"] = context
+        manager.clear()
 
     @property
     def session(self) -> requests.Session:

@@ -159,6 +159,7 @@ def read_downstream(section: Section) -> DownstreamCallConfig:
         timeout_seconds=section.get_float("TimeoutSeconds", d.timeout_seconds, 0, 600, low_open=True),
         max_response_bytes=section.get_int("MaxResponseBytes", d.max_response_bytes, 1, 1 << 30),
         max_request_bytes=section.get_int("MaxRequestBytes", d.max_request_bytes, 0, 1 << 30),
+        max_connections=section.get_int("MaxConnections", d.max_connections, 1, 10_000),
     )
     section.check_unknown()
     return config

@@ -181,6 +181,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
                 "TimeoutSeconds": settings.downstream.timeout_seconds,
                 "MaxResponseBytes": settings.downstream.max_response_bytes,
                 "MaxRequestBytes": settings.downstream.max_request_bytes,
+                "MaxConnections": settings.downstream.max_connections,
             },
             "ManagedIdentityEndpoint": {
                 "Enabled": settings.managed_identity_endpoint.enabled,

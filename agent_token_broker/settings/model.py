@@ -249,6 +249,7 @@ class DownstreamCallConfig:
     timeout_seconds: float = 30.0
     max_response_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    max_connections: int = 64  # its own pool: never shared with the authority's (JWKS) one
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ See ``README.md`` beside this file for the refresh rules. In short:
 
 * the first use (or :meth:`KeyStore.prefetch`) fetches metadata, then the JWKS;
 * a lookup of a known ``kid`` does no I/O;
-* an unknown ``kid`` triggers at most one JWKS refetch per ``refetch_min_interval``,
-  and concurrent triggers share one in-flight fetch (single-flight);
+* an unknown ``kid`` triggers at most one successful JWKS refetch per
+  ``refetch_min_interval``, and concurrent triggers share one in-flight fetch
+  (single-flight); when the fetch fails, callers are told the keys are unavailable
+  (503, not "unknown key") and the next request after a short backoff fetches again;
 * after ``metadata_ttl`` both documents are refreshed in the background while the
   cached keys keep serving; a failed refresh keeps the old ones.
 """
@@ -52,14 +54,16 @@ class KeyStore:
         *,
         metadata_url: str,
         tenant_id: str,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
         refetch_min_interval: float,
         metadata_ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._metadata_url = metadata_url
         self._tenant_id = tenant_id
-        self._session = session
+        # A callable is asked for the session at each fetch (the broker replaces its sessions
+        # when the CA bundle changes).
+        self._session = session if callable(session) else (lambda: session)
         self._refetch_min_interval = refetch_min_interval
         self._metadata_ttl = metadata_ttl
         self._clock = clock
@@ -119,22 +123,34 @@ class KeyStore:
         if not self.ready:
             raise ValidatorUnavailable()
 
-    async def refetch_for_unknown_kid(self, seen_generation: int) -> None:
-        """Refetch the JWKS for a ``kid`` that is not cached, if allowed.
+    async def refetch_for_unknown_kid(self, seen_generation: int) -> bool:
+        """Refetch the JWKS for a ``kid`` that is not cached, if allowed; False when it cannot be had.
 
-        No fetch happens if the JWKS was reloaded since ``seen_generation`` (the
-        caller already waited for a fresh set) or an unknown-kid refetch started
-        less than ``refetch_min_interval`` ago -- unless one is in flight, which
-        the caller then joins. Failures keep the cached keys and are not raised.
+        No fetch happens if the JWKS was reloaded since ``seen_generation`` (the caller
+        already waited for a fresh set) or an unknown-kid refetch *succeeded* less than
+        ``refetch_min_interval`` ago -- unless one is in flight, which the caller then
+        joins. So a flood of random kids costs one fetch per interval.
+
+        Returns True when the cached keys are current (a ``kid`` still missing is unknown
+        to the authority: 401), False when the authority could not be asked: the fetch
+        failed now, or failed less than the failure backoff ago (the caller answers 503;
+        the first request after the backoff fetches again, so recovery is not delayed by
+        the refetch interval).
         """
         if self._generation != seen_generation:
-            return
+            return True
         if self._inflight is None:
             now = self._clock()
+            if self._in_failure_backoff():
+                return False
             if self._last_refetch is not None and now - self._last_refetch < self._refetch_min_interval:
-                return
+                return True
             self._last_refetch = now
         await self._run(full=False)
+        if self._generation != seen_generation:
+            return True
+        self._last_refetch = None  # it failed: the interval counts from a successful refetch only
+        return False
 
     async def aclose(self) -> None:
         """Cancel a background refresh, if any."""
@@ -192,7 +208,7 @@ class KeyStore:
     async def _get_json(self, url: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
         try:
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+            async with self._session().get(url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise _FetchError(f"HTTP {resp.status}")
                 body = bytearray()

@@ -14,7 +14,7 @@ from cachetools import LRUCache
 
 from agent_token_broker.validation import checks
 from agent_token_broker.validation import errors as e
-from agent_token_broker.validation.errors import InvalidToken
+from agent_token_broker.validation.errors import InvalidToken, ValidatorUnavailable
 from agent_token_broker.validation.keystore import KeyStore
 
 VERIFIED_CACHE_SIZE = 4096
@@ -52,7 +52,8 @@ class InboundValidator:
         tenant_id: replaces ``{tenantid}`` in the metadata issuer; ``tid`` must match it
             (or the GUID the metadata issuer names, when ``tenant_id`` is a domain).
         audiences: accepted ``aud`` values (at least one).
-        session: aiohttp session used for metadata and JWKS (caller configures TLS).
+        session: aiohttp session used for metadata and JWKS (caller configures TLS), or a
+            callable returning the session to use for each fetch.
         leeway: clock skew in seconds allowed on ``exp``, ``nbf`` and ``iat``.
         required_scopes / required_roles: see :func:`checks.check_permissions`.
         refetch_min_interval: minimum seconds between unknown-``kid`` JWKS refetches.
@@ -69,7 +70,7 @@ class InboundValidator:
         authority: str,
         tenant_id: str,
         audiences: Sequence[str],
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
         leeway: float = 60.0,
         required_scopes: Sequence[str] = (),
         required_roles: Sequence[str] = (),
@@ -146,9 +147,11 @@ class InboundValidator:
                 kid = verified[0]
             signing_key = self._store.cached_key(kid)
             if signing_key is None:
-                await self._store.refetch_for_unknown_kid(seen_generation)
+                current = await self._store.refetch_for_unknown_kid(seen_generation)
                 signing_key = self._store.cached_key(kid)
                 if signing_key is None:
+                    if not current:  # the authority could not be asked: maybe a rotated key
+                        raise ValidatorUnavailable("signing keys could not be refreshed")
                     raise InvalidToken(e.UNKNOWN_KEY)
             claims = checks.verify_signature(raw_token, signing_key.key)
             self._verified[raw_token] = (kid, signing_key, dict(claims))

@@ -46,6 +46,8 @@ REFRESH_OUTCOMES = ("success", "transient_error", "definitive_error", "skipped_i
 EVICTION_REASONS = ("lru", "revoked", "expired", "admin")
 LEGS = ("t1", "t2", "app", "obo", "user_fic", "blueprint_app", "blueprint_obo")
 UPSTREAM_OUTCOMES = ("success", "refused", "throttled", "server_error", "unreachable", "credential_error")
+REVOKED_IDENTITIES = ("agent", "blueprint")
+REVOCATION_CAUSES = ("disabled", "not_found", "credential_rejected")
 OTHER = "other"
 
 
@@ -199,6 +201,11 @@ class BrokerMetrics:
         self.upstream_in_flight = Gauge(
             f"{PREFIX}_upstream_in_flight", "Token requests to Entra currently running.", registry=r
         )
+        self.identity_revocations = Counter(
+            f"{PREFIX}_identity_revocations",
+            "Entra refusals about an identity itself, each revoking its cached tokens in one tenant.",
+            ["identity", "cause"], registry=r,
+        )  # fmt: skip
         build = Gauge(
             f"{PREFIX}_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )
@@ -220,6 +227,10 @@ class BrokerMetrics:
             for leg in (*LEGS, OTHER) for o in UPSTREAM_OUTCOMES
         }  # fmt: skip
         self._upstream_seconds = {leg: self.upstream_seconds.labels(leg) for leg in (*LEGS, OTHER)}
+        self._revocations = {
+            (kind, cause): self.identity_revocations.labels(kind, cause)
+            for kind in (*REVOKED_IDENTITIES, OTHER) for cause in (*REVOCATION_CAUSES, OTHER)
+        }  # fmt: skip
         self._in_flight = self.upstream_in_flight
 
         # Scrape-time sources, wired by the runtime.
@@ -262,6 +273,12 @@ class BrokerMetrics:
 
     def upstream_started(self, leg: str) -> None:
         self._in_flight.inc()
+
+    def identity_revoked(self, kind: str, cause: str) -> None:
+        """An identity revocation (``kind``: agent/blueprint; ``cause``: see REVOCATION_CAUSES)."""
+        kind = kind if kind in REVOKED_IDENTITIES else OTHER
+        cause = cause if cause in REVOCATION_CAUSES else OTHER
+        self._revocations[(kind, cause)].inc()
 
     def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None:
         self._in_flight.dec()

@@ -12,7 +12,8 @@
 
 :class:`UpstreamMonitor` is the Entra legs' upstream observer: it forwards to
 the metrics and records the authority's health; it also logs each upstream call
-with its leg, outcome and Entra correlation id (never tokens).
+with its leg, outcome and Entra correlation id (never tokens), and each identity
+revocation with its cause.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.token import AcquireError
 from agent_token_broker.entra.http import call_state
+from agent_token_broker.entra.revocation import Revocation
 from agent_token_broker.metrics import BrokerMetrics, upstream_outcome
 
 log = logging.getLogger("agent_token_broker.upstream")
@@ -81,6 +83,20 @@ class UpstreamMonitor:
             self.authority_up = True  # the authority answered (refused or throttled)
         fields["error_code"] = error.error_code
         log.warning("upstream %s token request failed: %s", leg, error, extra=fields)
+
+    def identity_revoked(self, leg: str, revocation: Revocation) -> None:
+        """Entra refused an identity itself: say which, where and why (never a token)."""
+        self._metrics.identity_revoked(revocation.kind, revocation.cause)
+        log.warning(
+            "revoking the cached tokens of %s %s in tenant %s: Entra answered %s (%s) on the %s leg",
+            "agent identity" if revocation.kind == "agent" else "blueprint",
+            revocation.identity,
+            revocation.tenant,
+            revocation.code,
+            revocation.cause,
+            leg,
+            extra={"leg": leg, "error_code": revocation.code, "outcome": "revoked"},
+        )
 
 
 class Readiness:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.keys import token_key
-from agent_token_broker.cache.token import CachedToken
-from agent_token_broker.entra.legs import EXCHANGE_SCOPE, EntraLegs, agent_tag, blueprint_tag
+from agent_token_broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.entra.legs import EXCHANGE_SCOPE, EntraLegs
+from agent_token_broker.entra.revocation import rejects_exchange_token, token_tags
 
 if TYPE_CHECKING:
     from agent_token_broker.l2 import SharedTokenCache
@@ -49,9 +50,9 @@ class TokenRequest:
 
 
 @functools.lru_cache(maxsize=8192)
-def _tag_set(blueprint: str, agent: str | None) -> frozenset[str]:
-    """Revocation tags of a token; one shared frozenset per agent (entries of an agent share it)."""
-    return frozenset({blueprint_tag(blueprint), agent_tag(agent)} if agent else {blueprint_tag(blueprint)})
+def _tag_set(blueprint: str, agent: str | None, tenant: str) -> frozenset[str]:
+    """Revocation tags of a token; one shared frozenset per agent and tenant (its entries share it)."""
+    return token_tags(blueprint, agent, tenant)
 
 
 class TokenService:
@@ -68,17 +69,31 @@ class TokenService:
         acquire: Callable[[], Awaitable[CachedToken]],
         tags: frozenset[str],
         force_refresh: bool = False,
+        isolated: bool = False,
     ) -> CachedToken:
         if self.shared is not None:
             current = functools.partial(self.cache.current, key)
             acquire = self.shared.wrap(key, acquire, current=current, forced=force_refresh, tags=tags)
-        return await self.cache.get(key, acquire, tags=tags, force_refresh=force_refresh)
+        return await self.cache.get(key, acquire, tags=tags, force_refresh=force_refresh, isolated=isolated)
 
     def _tenant(self, request_tenant: str | None) -> str:
         return request_tenant or self.legs.tenant_id
 
-    def _tags(self, agent: str | None) -> frozenset[str]:
-        return _tag_set(self.legs.blueprint_id, agent)
+    def _tags(self, agent: str | None, tenant: str) -> frozenset[str]:
+        return _tag_set(self.legs.blueprint_id, agent, tenant)
+
+    async def _with_exchange_token(
+        self, agent: str, tenant: str, call: Callable[[str], Awaitable[CachedToken]], cid: str | None
+    ) -> CachedToken:
+        """Run an agent leg with the agent's T1; a T1 Entra did not accept is dropped from the
+        cache (the next acquisition gets a fresh one) and only this request's key fails."""
+        t1 = await self.exchange_token(agent, tenant, correlation_id=cid)
+        try:
+            return await call(t1)
+        except AcquireError as err:
+            if rejects_exchange_token(err.error_code):
+                self.cache.discard(token_key("t1", tenant, agent))
+            raise
 
     async def exchange_token(self, agent: str, tenant: str, *, correlation_id: str | None = None) -> str:
         """T1 for ``agent`` (leg 1), cached per agent and tenant."""
@@ -90,7 +105,7 @@ class TokenService:
                 lambda: self.legs.blueprint_token(
                     [EXCHANGE_SCOPE], tenant=tenant, fmi_path=agent, correlation_id=correlation_id
                 ),
-                tags=self._tags(agent),
+                tags=self._tags(agent, tenant),
             )
         return token.value
 
@@ -102,13 +117,16 @@ class TokenService:
         token = self.cache.peek(key)
         if token is None:
 
-            async def acquire() -> CachedToken:
-                t1 = await self.exchange_token(agent, tenant, correlation_id=correlation_id)
-                return await self.legs.agent_app_token(
+            def leg(t1: str) -> Awaitable[CachedToken]:
+                return self.legs.agent_app_token(
                     agent, t1, [EXCHANGE_SCOPE], tenant=tenant, correlation_id=correlation_id
                 )
 
-            token = await self._cached(key, acquire, self._tags(agent))
+            token = await self._cached(
+                key,
+                lambda: self._with_exchange_token(agent, tenant, leg, correlation_id),
+                self._tags(agent, tenant),
+            )
         return token.value
 
     def key_for(self, req: TokenRequest) -> tuple[object, ...]:
@@ -116,7 +134,9 @@ class TokenService:
 
         Claims are not part of the key: a claims challenge bypasses the cached token
         and the token acquired with the claims replaces it (as MSAL does), so a token
-        the resource rejected is not served again.
+        the resource rejected is not served again. A refusal of the claims request is
+        its own (``isolated``): it neither drops the key's token nor answers the key's
+        other callers.
         """
         tenant = self._tenant(req.tenant)
         client = req.agent or self.legs.blueprint_id
@@ -137,8 +157,9 @@ class TokenService:
         return await self._cached(
             key,
             lambda: self._acquire(req),
-            tags=self._tags(req.agent),
+            tags=self._tags(req.agent, self._tenant(req.tenant)),
             force_refresh=req.force_refresh or bool(req.claims),
+            isolated=bool(req.claims),
         )
 
     async def _acquire(self, req: TokenRequest) -> CachedToken:
@@ -155,25 +176,40 @@ class TokenService:
             )
         agent = req.agent
         assert agent is not None
-        t1 = await self.exchange_token(agent, tenant, correlation_id=cid)
         if req.flow is Flow.AGENT_APP:
-            return await legs.agent_app_token(
-                agent, t1, scopes, tenant=tenant, claims=req.claims, correlation_id=cid
+            return await self._with_exchange_token(
+                agent,
+                tenant,
+                lambda t1: legs.agent_app_token(
+                    agent, t1, scopes, tenant=tenant, claims=req.claims, correlation_id=cid
+                ),
+                cid,
             )
         if req.flow is Flow.AGENT_OBO:
-            assert req.user_assertion is not None
-            return await legs.agent_obo(
-                agent, t1, req.user_assertion, scopes, tenant=tenant, claims=req.claims, correlation_id=cid
+            assertion = req.user_assertion
+            assert assertion is not None
+            return await self._with_exchange_token(
+                agent,
+                tenant,
+                lambda t1: legs.agent_obo(
+                    agent, t1, assertion, scopes, tenant=tenant, claims=req.claims, correlation_id=cid
+                ),
+                cid,
             )
         t2 = await self.agent_exchange_token(agent, tenant, correlation_id=cid)
-        return await legs.agent_user_token(
+        return await self._with_exchange_token(
             agent,
-            t1,
-            t2,
-            scopes,
-            username=req.username,
-            user_object_id=req.user_object_id,
-            tenant=tenant,
-            claims=req.claims,
-            correlation_id=cid,
+            tenant,
+            lambda t1: legs.agent_user_token(
+                agent,
+                t1,
+                t2,
+                scopes,
+                username=req.username,
+                user_object_id=req.user_object_id,
+                tenant=tenant,
+                claims=req.claims,
+                correlation_id=cid,
+            ),
+            cid,
         )

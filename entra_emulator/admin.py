@@ -17,7 +17,9 @@ from aiohttp import web
 from entra_emulator import demo
 from entra_emulator.faults import parse_fault
 from entra_emulator.state import EmulatorState
-from entra_emulator.tenant import CredentialKinds, Directory
+from entra_emulator.tenant import CredentialKinds, Directory, grant_delegated
+
+CONSENT_KINDS = ("application", "delegated")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,15 +100,60 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         _blueprint(request).disabled = request.match_info["action"] == "disable"
         return {"ok": True}
 
+    def _consent_kinds(body: dict[str, Any]) -> tuple[str, ...]:
+        kind = body.get("kind")
+        if kind is None:
+            return CONSENT_KINDS
+        if kind not in CONSENT_KINDS:
+            raise AdminError(400, f"kind must be one of {CONSENT_KINDS}")
+        return (str(kind),)
+
     async def revoke_consent(request: web.Request) -> Any:
+        """Revoke a client's consent on a resource: application and delegated (all users'
+        and each user's own), or only ``kind``; with ``user``, only that user's own consent."""
         body = await _body(request)
         client_id, res_name = str(body["client_id"]).lower(), str(body["resource"])
-        res = directory().resource(res_name)
+        d = directory()
+        res = d.resource(res_name)
         if res is None:
             raise AdminError(404, "unknown resource")
-        removed = directory().app_consents.pop((client_id, res.app_id), None)
-        removed_d = directory().delegated_consents.pop((client_id, res.app_id), None)
-        return {"ok": True, "revoked": bool(removed or removed_d)}
+        kinds = _consent_kinds(body)
+        if body.get("user") is not None:
+            user = d.user(str(body["user"]))
+            if user is None:
+                raise AdminError(404, "unknown user")
+            return {"ok": True, "revoked": d.user_consents.pop((client_id, res.app_id, user.oid), None) is not None}
+        revoked = False
+        if "application" in kinds:
+            revoked |= d.app_consents.pop((client_id, res.app_id), None) is not None
+        if "delegated" in kinds:
+            revoked |= d.delegated_consents.pop((client_id, res.app_id), None) is not None
+            for key in [k for k in d.user_consents if k[:2] == (client_id, res.app_id)]:
+                revoked = True
+                del d.user_consents[key]
+        return {"ok": True, "revoked": revoked}
+
+    async def grant_consent(request: web.Request) -> Any:
+        """Grant delegated ``scopes`` (for all users, or ``user`` only) or application ``roles``."""
+        body = await _body(request)
+        client_id, res_name = str(body["client_id"]).lower(), str(body["resource"])
+        d = directory()
+        res = d.resource(res_name)
+        if res is None:
+            raise AdminError(404, "unknown resource")
+        scopes, roles = list(body.get("scopes") or []), list(body.get("roles") or [])
+        if not scopes and not roles:
+            raise AdminError(400, "give delegated 'scopes' or application 'roles'")
+        if roles:
+            if body.get("user") is not None:
+                raise AdminError(400, "application roles are granted to the client, not per user")
+            d.app_consents.setdefault((client_id, res.app_id), set()).update(str(r) for r in roles)
+        if scopes:
+            user = None if body.get("user") is None else str(body["user"])
+            if user is not None and d.user(user) is None:
+                raise AdminError(404, "unknown user")
+            grant_delegated(d, client_id, res.identifier_uri, [str(s) for s in scopes], user)
+        return {"ok": True}
 
     async def remove_credential(request: web.Request) -> Any:
         bp = _blueprint(request)
@@ -168,6 +215,7 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
     r.add_post("/_emulator/agents/{id}/{action:disable|enable}", _wrap(agent_switch))
     r.add_post("/_emulator/blueprints/{id}/{action:disable|enable}", _wrap(blueprint_switch))
     r.add_post("/_emulator/consents/revoke", _wrap(revoke_consent))
+    r.add_post("/_emulator/consents/grant", _wrap(grant_consent))
     r.add_delete("/_emulator/blueprints/{id}/credentials/{kind}", _wrap(remove_credential))
     r.add_post("/_emulator/users/token", _wrap(user_token))
     r.add_post("/_emulator/workload-token", _wrap(workload_token))

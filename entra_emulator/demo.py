@@ -19,6 +19,8 @@ AGENT_USER_OID = "b1b1b1b1-0001-4c3d-8e9f-0a1b2c3d4e51"
 
 DEMO_USER_UPN = "alice@demo.example"
 DEMO_USER_OID = "c1c1c1c1-0001-4d5e-9f0a-1b2c3d4e5f61"
+DEMO_USER_2_UPN = "bob@demo.example"
+DEMO_USER_2_OID = "c2c2c2c2-0002-4d5e-9f0a-1b2c3d4e5f62"
 
 MI_CLIENT_ID = "d1d1d1d1-0001-4a2b-8c3d-4e5f6a7b8c91"
 MI_PRINCIPAL_ID = "d2d2d2d2-0002-4a2b-8c3d-4e5f6a7b8c92"

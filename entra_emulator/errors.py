@@ -42,8 +42,8 @@ def error_body(err: EntraError, base_url: str, correlation_id: str | None) -> di
     return {
         "error": err.error,
         "error_description": (
-            f"AADSTS{err.code}: {err.description} Trace ID: {trace_id} "
-            f"Correlation ID: {correlation} Timestamp: {stamp}"
+            f"AADSTS{err.code}: {err.description}\r\nTrace ID: {trace_id}\r\n"
+            f"Correlation ID: {correlation}\r\nTimestamp: {stamp}"
         ),
         "error_codes": [err.code],
         "timestamp": stamp,

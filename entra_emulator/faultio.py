@@ -39,6 +39,15 @@ class Dropped(web.HTTPException):
     status_code = 499
 
 
+def _fault_defaults(status: int) -> tuple[int, str]:
+    """(AADSTS code, OAuth error) Entra sends for an HTTP status when throttling or failing."""
+    if status == 429:
+        return 90055, "temporarily_unavailable"
+    if status < 500:
+        return 50196, "invalid_grant"  # Entra throttles user flows with HTTP 400 + AADSTS50196
+    return 50001, "temporarily_unavailable" if status == 503 else "server_error"
+
+
 def status_response(state: EmulatorState, fault: Fault, target: str) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if fault.retry_after is not None:
@@ -50,9 +59,9 @@ def status_response(state: EmulatorState, fault: Fault, target: str) -> web.Resp
         body = {"error": "temporarily_unavailable" if fault.status in (429, 503) else "server_error",
                 "error_description": f"Injected fault: HTTP {fault.status}"}
     else:
-        code = 90055 if fault.status == 429 else 50196 if fault.status < 500 else 50001
-        err = EntraError(code, "temporarily_unavailable" if fault.status in (429, 503) else "server_error",
-                         f"Injected fault: HTTP {fault.status}.", fault.status)
+        default_code, default_error = _fault_defaults(fault.status)
+        code = fault.error_code if fault.error_code is not None else default_code
+        err = EntraError(code, fault.error or default_error, f"Injected fault: HTTP {fault.status}.", fault.status)
         body = error_body(err, state.base_url, None)
     return web.Response(status=fault.status, text=json.dumps(body), headers=headers, content_type="application/json")
 

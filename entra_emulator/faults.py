@@ -3,7 +3,10 @@
 Modes:
 - ``latency``: wait ``latency_ms`` then answer normally (stacks with one other fault);
 - ``status``: answer ``status`` (429/500/503...) with an Entra-shaped JSON error, or
-  a plain-text body when ``plain_text``; ``Retry-After`` when ``retry_after`` is set;
+  a plain-text body when ``plain_text``; ``Retry-After`` when ``retry_after`` is set.
+  The body's AADSTS code is ``error_code`` when given, else 90055 (tenant throttled) for
+  429, 50196 (loop detected: how Entra throttles user flows, as ``invalid_grant`` with
+  HTTP 400) for other 4xx and 50001 for 5xx; ``error`` overrides the OAuth error string;
 - ``hang``: hold the request open, never answering, until the faults are cleared
   (the connection is then closed without a response) or the client gives up;
 - ``reset``: abort the TCP connection with an RST (SO_LINGER 0), no response;
@@ -37,6 +40,8 @@ class Fault:
     status: int = 503
     retry_after: int | None = None
     plain_text: bool = False
+    error_code: int | None = None
+    error: str | None = None
     count: int | None = None
     nth: int | None = None
     match: dict[str, str] = field(default_factory=dict)
@@ -69,6 +74,8 @@ def parse_fault(body: dict[str, Any]) -> Fault:
         status=int(body.get("status") or 503),
         retry_after=None if body.get("retry_after") is None else int(body["retry_after"]),
         plain_text=bool(body.get("plain_text", False)),
+        error_code=None if body.get("error_code") is None else int(body["error_code"]),
+        error=None if body.get("error") is None else str(body["error"]),
         count=None if body.get("count") is None else int(body["count"]),
         nth=None if body.get("nth") is None else int(body["nth"]),
         match={k: str(v) for k, v in match.items() if v is not None},
@@ -79,6 +86,10 @@ def parse_fault(body: dict[str, Any]) -> Fault:
         raise ValueError("nth must be positive or null")
     if fault.mode == "status" and not 400 <= fault.status <= 599:
         raise ValueError("status must be an HTTP error status")
+    if fault.error_code is not None and not 0 < fault.error_code < 10**8:
+        raise ValueError("error_code must be an AADSTS number")
+    if fault.error is not None and not fault.error.replace("_", "").isalpha():
+        raise ValueError("error must be an OAuth error string (letters and '_')")
     return fault
 
 

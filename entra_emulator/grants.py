@@ -317,7 +317,7 @@ def _obo(state: EmulatorState, tenant: str, client: Client, form: Mapping[str, s
             f"the assertion was '{claims.get('aud')}' and the expected audience is '{bp_id}'.",
         )
     user = _user_or_fail(state, tenant, str(claims.get("oid", "")))
-    scopes = delegated_scopes(state.directory, client.client_id, scope, tenant)
+    scopes = delegated_scopes(state.directory, client.client_id, scope, tenant, user.oid)
     kind = "obo" if client.agent else "blueprint_obo"
     return _user_body(state, tenant, client, user, scopes, kind, form)
 
@@ -376,7 +376,7 @@ def _user_fic(state: EmulatorState, tenant: str, client: Client, form: Mapping[s
     user = _user_or_fail(state, tenant, (user_id or username or ""))
     if user.agent_identity != agent.app_id:
         raise invalid_grant(9002313, f"User '{user.oid}' is not the agent user of agent identity '{agent.app_id}'.")
-    scopes = delegated_scopes(state.directory, agent.app_id, scope, tenant)
+    scopes = delegated_scopes(state.directory, agent.app_id, scope, tenant, user.oid)
     return _user_body(state, tenant, client, user, scopes, "user_fic", form)
 
 
@@ -397,5 +397,5 @@ def _refresh(state: EmulatorState, tenant: str, client: Client, form: Mapping[st
         raise invalid_grant(9002313, "The provided refresh token is not valid for this client.")
     if not scope:
         scope = " ".join(f"{resource.identifier_uri}/{s}" for s in grant.scopes) + " offline_access"
-    scopes = delegated_scopes(state.directory, client.client_id, scope, tenant)
+    scopes = delegated_scopes(state.directory, client.client_id, scope, tenant, user.oid)
     return _user_body(state, tenant, client, user, scopes, grant.kind, form)

@@ -150,8 +150,20 @@ class EmulatorAdmin:
     def enable_blueprint(self, blueprint_id: str) -> None:
         self._call("POST", f"blueprints/{blueprint_id}/enable")
 
-    def revoke_consent(self, client_id: str, resource: str) -> None:
-        self._call("POST", "consents/revoke", {"client_id": client_id, "resource": resource})
+    def revoke_consent(
+        self, client_id: str, resource: str, *, user: str | None = None, kind: str | None = None
+    ) -> None:
+        """Revoke consent (``kind``: "application" | "delegated"; ``user``: only that user's own)."""
+        body = {"client_id": client_id, "resource": resource, "user": user, "kind": kind}
+        self._call("POST", "consents/revoke", {k: v for k, v in body.items() if v is not None})
+
+    def grant_consent(
+        self, client_id: str, resource: str, *, scopes: list[str] | None = None,
+        roles: list[str] | None = None, user: str | None = None,
+    ) -> None:
+        """Grant delegated ``scopes`` (all users, or ``user`` only) or application ``roles``."""
+        body = {"client_id": client_id, "resource": resource, "scopes": scopes, "roles": roles, "user": user}
+        self._call("POST", "consents/grant", {k: v for k, v in body.items() if v is not None})
 
     def remove_credential(self, blueprint_id: str, kind: str) -> None:
         self._call("DELETE", f"blueprints/{blueprint_id}/credentials/{kind}")

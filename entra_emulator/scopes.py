@@ -71,8 +71,11 @@ class DelegatedScopes:
     oidc: set[str]
 
 
-def delegated_scopes(directory: Directory, client_id: str, scope: str, tenant: str) -> DelegatedScopes:
-    """Parse a user-grant scope string and check delegated consent for ``client_id``."""
+def delegated_scopes(
+    directory: Directory, client_id: str, scope: str, tenant: str, user_oid: str | None = None
+) -> DelegatedScopes:
+    """Parse a user-grant scope string and check ``client_id``'s delegated consent for the
+    user ``user_oid`` (the all-users consent plus that user's own)."""
     items = scope.split()
     oidc = {i.lower() for i in items if i.lower() in OIDC_SCOPES}
     rest = [i for i in items if i.lower() not in OIDC_SCOPES]
@@ -95,7 +98,7 @@ def delegated_scopes(directory: Directory, client_id: str, scope: str, tenant: s
         if resource is not None and res.app_id != resource.app_id:
             raise invalid_scope("Scopes for more than one resource were requested.")
         resource = res
-        consented = directory.delegated_consents.get((client_id, res.app_id), set())
+        consented = directory.consented_scopes(client_id, res, user_oid)
         if name == ".default":
             if not consented:
                 raise no_consent(client_id, res)

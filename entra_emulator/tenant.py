@@ -17,7 +17,12 @@ Spec format (all keys optional except ids)::
      "resources": [{"app_id", "identifier_uri", "audience", "scopes": [...], "roles": [...]}],
      "managed_identities": [{"client_id", "principal_id", "tenant"}],
      "app_consents": [{"client_id", "resource": "<app id or uri>", "roles": [...]}],
-     "delegated_consents": [{"client_id", "resource": ..., "scopes": [...]}]}
+     "delegated_consents": [{"client_id", "resource": ..., "scopes": [...],
+                             "user": null | "<oid or UPN>"}]}
+
+A delegated consent without ``user`` is an admin's consent for all users (Entra's
+``consentType: AllPrincipals``); with ``user`` it is that one user's own consent
+(``Principal``). A user's delegated permissions are the union of both.
 
 In FIC issuers, ``{issuer}`` means this emulator's v2 issuer for the
 blueprint's tenant and ``{kubernetes}`` the emulator's kubernetes issuer.
@@ -97,6 +102,7 @@ class Directory:
     managed_identities: dict[str, ManagedIdentity]
     app_consents: dict[tuple[str, str], set[str]]
     delegated_consents: dict[tuple[str, str], set[str]]
+    user_consents: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
 
     # ---- lookups -------------------------------------------------------
     def user(self, key: str) -> User | None:
@@ -116,6 +122,14 @@ class Directory:
             if key in (res.identifier_uri.rstrip("/").lower(), res.app_id.lower(), f"api://{res.app_id}"):
                 return res
         return None
+
+    def consented_scopes(self, client_id: str, resource: Resource, user_oid: str | None) -> set[str]:
+        """Delegated permissions ``client_id`` holds on ``resource`` for this user: the
+        all-users consent plus the user's own."""
+        scopes = set(self.delegated_consents.get((client_id, resource.app_id), set()))
+        if user_oid is not None:
+            scopes |= self.user_consents.get((client_id, resource.app_id, user_oid), set())
+        return scopes
 
     def agent_user(self, agent_id: str) -> User | None:
         for user in self.users.values():
@@ -168,6 +182,7 @@ def default_spec() -> dict[str, Any]:
                 "agent_identity": demo.AGENT_1_ID,
             },
             {"oid": demo.DEMO_USER_OID, "upn": demo.DEMO_USER_UPN, "tenant": demo.TENANT_ID},
+            {"oid": demo.DEMO_USER_2_OID, "upn": demo.DEMO_USER_2_UPN, "tenant": demo.TENANT_ID},
         ],
         "resources": [
             {
@@ -260,9 +275,22 @@ def build_directory(spec: dict[str, Any], generated_cert: ClientCertificate | No
         key = (grant["client_id"].lower(), res_obj.app_id)
         directory.app_consents.setdefault(key, set()).update(grant.get("roles", []))
     for grant in spec.get("delegated_consents", []):
-        res_obj = directory.resource(grant["resource"])
-        if res_obj is None:
-            raise ValueError(f"delegated consent names unknown resource {grant['resource']!r}")
-        key = (grant["client_id"].lower(), res_obj.app_id)
-        directory.delegated_consents.setdefault(key, set()).update(grant.get("scopes", []))
+        grant_delegated(directory, grant["client_id"], grant["resource"], grant.get("scopes", []), grant.get("user"))
     return directory
+
+
+def grant_delegated(
+    directory: Directory, client_id: str, resource: str, scopes: list[str], user: str | None = None
+) -> None:
+    """Record a delegated consent: for all users, or (``user``: oid or UPN) for one user."""
+    res_obj = directory.resource(resource)
+    if res_obj is None:
+        raise ValueError(f"delegated consent names unknown resource {resource!r}")
+    if user is None:
+        directory.delegated_consents.setdefault((client_id.lower(), res_obj.app_id), set()).update(scopes)
+        return
+    principal = directory.user(user)
+    if principal is None:
+        raise ValueError(f"delegated consent names unknown user {user!r}")
+    key = (client_id.lower(), res_obj.app_id, principal.oid)
+    directory.user_consents.setdefault(key, set()).update(scopes)

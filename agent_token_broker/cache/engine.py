@@ -94,6 +94,7 @@ class TokenCache:
         *,
         tags: frozenset[str] = _EMPTY,
         force_refresh: bool = False,
+        isolated: bool = False,
     ) -> CachedToken:
         """Return a servable token for ``key``, acquiring it with ``acquire`` if needed.
 
@@ -108,6 +109,11 @@ class TokenCache:
                 ``force_refresh_min_interval`` of the previous forced refresh it
                 behaves as a plain ``get`` (serving the token that refresh got).
                 A forced refresh that fails is raised even if a token is cached.
+            isolated: with ``force_refresh``, the forced acquisition is this caller's
+                own (e.g. it carries a claims challenge the key's other callers did not
+                send): its failure is raised to its waiters but leaves the key's token
+                and negative record alone (a revocation it calls for still applies),
+                and ``acquire`` does not become the key's refresh function.
 
         Raises:
             AcquireError: the acquisition failed and no servable token is cached
@@ -116,11 +122,11 @@ class TokenCache:
                 is always raised.
         """
         now = self._clock()
-        entry = self._entry_for(self._lru.hit(key), key, acquire, tags)
+        entry = self._entry_for(self._lru.hit(key), key, acquire, tags, keep_acquire=isolated)
         if force_refresh:
             forced_at = entry.forced_at
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
-                return await self._forced(entry, now)
+                return await self._forced(entry, now, acquire if isolated else None)
             if entry.inflight is not None:  # rate-limited: share the refresh already running
                 self._lookup("coalesced")
                 return await asyncio.shield(entry.inflight)
@@ -142,23 +148,32 @@ class TokenCache:
         self._on_success(entry, token, count=False)
 
     def _entry_for(
-        self, entry: KeyEntry | None, key: Hashable, acquire: Acquire, tags: frozenset[str]
+        self,
+        entry: KeyEntry | None,
+        key: Hashable,
+        acquire: Acquire,
+        tags: frozenset[str],
+        *,
+        keep_acquire: bool = False,
     ) -> KeyEntry:
         """``entry`` (the latest ``acquire`` and any new ``tags`` recorded), or a new one for ``key``."""
         if entry is None:
             return self._store.insert(key, acquire, tags)
-        entry.acquire = acquire
+        if not keep_acquire:
+            entry.acquire = acquire
         if tags and not tags <= entry.tags:
             self._store.add_tags(entry, tags)
         return entry
 
     # ----------------------------------------------------------------- slow path
-    async def _forced(self, entry: KeyEntry, now: float) -> CachedToken:
+    async def _forced(self, entry: KeyEntry, now: float, isolated: Acquire | None) -> CachedToken:
+        """A forced acquisition; ``isolated``: the caller's own acquire function (see ``get``)."""
         entry.forced_at = now
-        entry.clear_failure()
+        if isolated is None:
+            entry.clear_failure()
         task = entry.inflight
         if task is None:
-            task = self._start(entry)
+            task = self._start(entry, isolated)
             self._lookup("miss")
         else:
             self._lookup("coalesced")
@@ -208,8 +223,8 @@ class TokenCache:
             self._lookup("coalesced")
         return await asyncio.shield(task)
 
-    def _start(self, entry: KeyEntry) -> asyncio.Task[CachedToken]:
-        task = asyncio.get_running_loop().create_task(self._acquire(entry))
+    def _start(self, entry: KeyEntry, isolated: Acquire | None = None) -> asyncio.Task[CachedToken]:
+        task = asyncio.get_running_loop().create_task(self._acquire(entry, isolated))
         entry.inflight = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -220,18 +235,19 @@ class TokenCache:
         if not task.cancelled():
             task.exception()  # mark retrieved: background refreshes may have no waiter
 
-    async def _acquire(self, entry: KeyEntry) -> CachedToken:
+    async def _acquire(self, entry: KeyEntry, isolated: Acquire | None = None) -> CachedToken:
         me = asyncio.current_task()
+        on_failure = self._on_failure if isolated is None else self._on_isolated_failure
         try:
-            token = await entry.acquire()
+            token = await (entry.acquire if isolated is None else isolated)()
         except AcquireError as err:
             self._release(entry, me)
-            self._on_failure(entry, err)
+            on_failure(entry, err)
             raise
         except Exception as exc:
             self._release(entry, me)
             wrapped = AcquireError(f"token acquisition failed ({type(exc).__name__})", transient=True)
-            self._on_failure(entry, wrapped)
+            on_failure(entry, wrapped)
             raise wrapped from exc
         except BaseException:
             self._release(entry, me)
@@ -276,15 +292,29 @@ class TokenCache:
         else:
             self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
 
-    def _revoke(self, entry: KeyEntry, err: AcquireError, now: float) -> None:
-        """A definitive refusal: drop the tokens of ``entry`` and of every entry tagged with
-        one of ``err.evict_tags``, and remember the refusal for all of them.
+    def _on_isolated_failure(self, entry: KeyEntry, err: AcquireError) -> None:
+        """An isolated acquisition failed: only its own waiters see the error (a revocation
+        it calls for still applies to every tagged entry, this one included)."""
+        if err.transient:
+            self._obs.refresh("transient_error")
+            return
+        self._obs.refresh("definitive_error")
+        if err.evict_tags:
+            self._revoke(entry, err, self._clock())
 
-        The tagged entries keep the negative record (not just the refused key): otherwise
-        each sibling key of a disabled agent would go upstream again, be refused, and wipe
-        the others' records in turn, hammering the authority.
+    def _revoke(self, entry: KeyEntry, err: AcquireError, now: float) -> None:
+        """A definitive refusal: drop the token of ``entry`` and remember the refusal for it;
+        when the refusal revokes an identity (``err.evict_tags``), do the same for every
+        entry tagged with one of them.
+
+        The tagged entries keep a negative record too: otherwise each sibling key of a
+        disabled agent would go upstream again, be refused, and wipe the others' records in
+        turn, hammering the authority. Their record is the identity's refusal without the
+        refused call's correlation id; no record keeps ``evict_tags`` (answering from it
+        never revokes again).
         """
         until = negative_until(err, now, self._policy)
+        own, sibling = err.remembered(), err.remembered(for_other_key=True)
         victims = [entry]
         for key in self._store.keys_tagged(err.evict_tags):
             other = self._lru.quiet_get(key)
@@ -296,7 +326,7 @@ class TokenCache:
                 count += 1
             victim.clear_token()
             victim.failures = 0
-            victim.neg_error = err
+            victim.neg_error = own if victim is entry else sibling
             victim.neg_until = until
             if victim.alive:
                 self._schedule(victim, until, TimerKind.EXPIRE)
@@ -379,15 +409,20 @@ class TokenCache:
         return {k: e.timer_due for k, e in self._store.timed.items()}
 
     # ------------------------------------------------------------------- admin
-    def evict(self, key: Hashable) -> bool:
+    def evict(self, key: Hashable, *, reason: str = "admin") -> bool:
         """Remove ``key`` (admin action). Returns whether it was present."""
         entry = self._lru.quiet_get(key)
         if entry is None:
             return False
         self._store.remove(entry)
-        self._obs.evicted("admin", 1)
+        self._obs.evicted(reason, 1)
         self._obs.entries(len(self._lru))
         return True
+
+    def discard(self, key: Hashable) -> bool:
+        """Remove ``key`` because the upstream refused its token where it was presented
+        (an exchange token used as a credential); the next ``get`` acquires it anew."""
+        return self.evict(key, reason="revoked")
 
     def evict_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` (admin action). Returns how many."""

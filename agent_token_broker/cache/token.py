@@ -96,6 +96,20 @@ class AcquireError(Exception):
             payload=self.payload,
         )
 
+    def remembered(self, *, for_other_key: bool = False) -> AcquireError:
+        """The copy the negative cache keeps: its revocation already applied (no ``evict_tags``,
+        so answering from it never revokes again). ``for_other_key``: the copy a revoked
+        sibling key keeps, without the correlation id of the call that was refused."""
+        return AcquireError(
+            self.message,
+            transient=self.transient,
+            retry_after=self.retry_after,
+            status=self.status,
+            error_code=self.error_code,
+            correlation_id=None if for_other_key else self.correlation_id,
+            payload=self.payload,
+        )
+
     def __repr__(self) -> str:
         return (
             f"AcquireError({self.message!r}, transient={self.transient!r}, "

@@ -1,11 +1,12 @@
 """Turn what MSAL returns or raises into :class:`~agent_token_broker.cache.token.AcquireError` values.
 
 Transient (ridden out from cache, retried with backoff): timeouts, connection
-errors, HTTP 5xx, HTTP 429, Entra's throttling codes. Definitive: every other
-refusal. A definitive refusal names the identities whose cached tokens must go
-(``evict_tags``): the agent identity when the agent was refused, the whole
-blueprint when the blueprint (leg 1) was refused, nothing extra when only the
-request itself was wrong (bad scope, expired user assertion).
+errors, HTTP 5xx, HTTP 429, Entra's throttling codes (whatever the HTTP status:
+Entra sends AADSTS50196 with HTTP 400). Definitive: every other refusal. A
+definitive refusal revokes an identity (``evict_tags``) only when it is about
+the identity itself; which refusals those are, per AADSTS code and with the
+reason for each, is the table in :mod:`agent_token_broker.entra.revocation`.
+Everything else belongs to the request's own cache key.
 """
 
 from __future__ import annotations
@@ -18,30 +19,13 @@ import requests
 
 from agent_token_broker.cache.token import AcquireError
 from agent_token_broker.entra.http import CallState
+from agent_token_broker.entra.revocation import LegParties, Revocation, decide
 
-# AADSTS codes that mean "this client (app) itself is refused": disabled, deleted,
-# credential invalid. They revoke every token the client holds.
-CLIENT_REFUSED_CODES = frozenset(
-    {
-        7000112,  # application disabled
-        7000215,  # invalid client secret
-        7000222,  # client secret expired
-        700016,  # application not found in the tenant
-        700027,  # assertion signature / certificate invalid
-        700024,  # client assertion not within its valid time range
-        700211,  # no matching federated identity record (issuer)
-        700213,  # no matching federated identity record (subject)
-        7000216,  # no client credential
-        9002324,  # two client credentials
-        50020,  # user/app from an unsupported tenant
-        65001,  # consent missing / revoked
-        500011,  # resource principal not found
-    }
-)
 # Codes that mean "the client's credential was not accepted": the next configured credential may work.
 CREDENTIAL_REJECTED_CODES = frozenset({7000215, 7000222, 700027, 700024, 700211, 700213})
 THROTTLE_CODES = frozenset({50196, 90055})
 _AADSTS = re.compile(r"AADSTS(\d+)")
+_CALL_DETAILS = re.compile(r"\s+(?=Trace ID:|Correlation ID:|Timestamp:)")
 DEFAULT_TRANSIENT_RETRY = 5.0
 
 
@@ -55,41 +39,21 @@ def aadsts_code(result: Mapping[str, Any]) -> int | None:
 
 
 def _safe_description(result: Mapping[str, Any]) -> str:
-    """Entra's error description, first line only, trimmed (it never holds tokens)."""
+    """Entra's error description, first line only, without the trace/correlation ids and
+    timestamp Entra appends (they belong to one call), trimmed. It never holds tokens."""
     text = str(result.get("error_description") or result.get("error") or "token request refused")
-    return text.splitlines()[0][:300]
+    text = text.splitlines()[0] if text.strip() else "token request refused"
+    return _CALL_DETAILS.split(text, maxsplit=1)[0].strip()[:300]
 
 
-def refused_tags(
-    result: Mapping[str, Any], client_tags: frozenset[str], named_tags: Mapping[str, str] | None
-) -> frozenset[str]:
-    """Which identities a client refusal revokes.
-
-    Entra names the refused application in the description ("Application '<id>' is
-    disabled"). A leg involves more than one identity (T1: the blueprint asks for an
-    agent via ``fmi_path``; agent legs: the agent and its parent blueprint), so when the
-    description names one of ``named_tags`` (client id -> tag) that identity's tag is
-    evicted; otherwise the calling client's ``client_tags``.
-    """
-    if named_tags:
-        text = str(result.get("error_description") or "").lower()
-        named = frozenset(tag for ident, tag in named_tags.items() if ident and ident.lower() in text)
-        if named:
-            return named
-    return client_tags
-
-
-def from_result(
-    result: Mapping[str, Any],
-    state: CallState,
-    *,
-    client_tags: frozenset[str],
-    named_tags: Mapping[str, str] | None = None,
-) -> AcquireError:
+def classify(
+    result: Mapping[str, Any], state: CallState, parties: LegParties | None = None
+) -> tuple[AcquireError, Revocation | None]:
     """Classify an MSAL error dict (``{"error": ...}``) returned for one leg.
 
-    ``named_tags`` maps the client ids this leg involves to their revocation tags
-    (see :func:`refused_tags`).
+    ``parties`` are who the leg involved and for which tenant; with them, a refusal
+    about an identity itself comes back with the :class:`Revocation` it calls for (its
+    tags are the error's ``evict_tags``). Without them nothing is revoked.
     """
     code = aadsts_code(result)
     status = state.status
@@ -101,22 +65,30 @@ def from_result(
         or code in THROTTLE_CODES
         or (error in ("temporarily_unavailable", "server_error") and code != 50000)
     )
-    evict: frozenset[str] = frozenset()
-    if not transient and (code in CLIENT_REFUSED_CODES or error in ("invalid_client", "unauthorized_client")):
-        evict = refused_tags(result, client_tags, named_tags)
+    revocation: Revocation | None = None
+    if not transient and parties is not None:
+        revocation = decide(code, str(result.get("error_description") or ""), parties)
     retry_after = state.retry_after
     if transient and retry_after is None:
         retry_after = DEFAULT_TRANSIENT_RETRY
-    return AcquireError(
+    err = AcquireError(
         _safe_description(result),
         transient=transient,
         retry_after=retry_after,
-        evict_tags=evict,
+        evict_tags=revocation.tags if revocation is not None else frozenset(),
         status=status,
         error_code=f"AADSTS{code}" if code else (error or None),
         correlation_id=correlation,
         payload={"error": error} if error else None,
     )
+    return err, revocation
+
+
+def from_result(
+    result: Mapping[str, Any], state: CallState, parties: LegParties | None = None
+) -> AcquireError:
+    """:func:`classify`, the error only."""
+    return classify(result, state, parties)[0]
 
 
 def from_exception(exc: BaseException, state: CallState) -> AcquireError:

@@ -24,6 +24,9 @@ from agent_token_broker.credentials import CredentialError, CredentialSource
 from agent_token_broker.entra import errors
 from agent_token_broker.entra.apps import AppRegistry
 from agent_token_broker.entra.http import UpstreamHttp, call_state
+from agent_token_broker.entra.revocation import LegParties, Revocation, agent_tag, blueprint_tag
+
+__all__ = ["EXCHANGE_SCOPE", "EntraLegs", "UpstreamObserver", "agent_tag", "blueprint_tag"]
 
 EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
 log = logging.getLogger("agent_token_broker.entra")
@@ -36,6 +39,8 @@ class UpstreamObserver(Protocol):
 
     def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None: ...
 
+    def identity_revoked(self, leg: str, revocation: Revocation) -> None: ...
+
 
 class _NoObserver:
     def upstream_started(self, leg: str) -> None:
@@ -44,13 +49,8 @@ class _NoObserver:
     def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None:
         pass
 
-
-def blueprint_tag(blueprint: str) -> str:
-    return f"blueprint:{blueprint.lower()}"
-
-
-def agent_tag(agent: str) -> str:
-    return f"agent:{agent.lower()}"
+    def identity_revoked(self, leg: str, revocation: Revocation) -> None:
+        pass
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,8 +129,7 @@ class EntraLegs:
         fn: Callable[[], Mapping[str, Any] | None],
         *,
         leg: str,
-        client_tags: frozenset[str],
-        named_tags: Mapping[str, str] | None = None,
+        parties: LegParties,
         assertion: str | None = None,
         correlation_id: str | None = None,
     ) -> CachedToken:
@@ -146,7 +145,10 @@ class EntraLegs:
             if state.status is not None and state.status < 500:
                 self.authority_ok = True
             if not result or "access_token" not in result:
-                raise errors.from_result(result or {}, state, client_tags=client_tags, named_tags=named_tags)
+                err, revocation = errors.classify(result or {}, state, parties)
+                if revocation is not None:
+                    self.observer.identity_revoked(leg, revocation)
+                raise err
             return _to_token(result, self._clock())
 
         def work() -> CachedToken:
@@ -196,12 +198,13 @@ class EntraLegs:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._warm_up_sync)
 
-    def _named_tags(self, agent: str | None) -> dict[str, str]:
-        """Client ids a leg involves -> revocation tags (a refusal naming the agent revokes only it)."""
-        named = {self.blueprint_id.lower(): blueprint_tag(self.blueprint_id)}
-        if agent:
-            named[agent.lower()] = agent_tag(agent)
-        return named
+    def _parties(self, tenant: str, *, fmi_path: str | None = None, agent: str | None = None) -> LegParties:
+        """Who a leg involves (for deciding what a refusal revokes)."""
+        if agent is not None:
+            return LegParties.agent_leg(self.blueprint_id, agent, tenant, self.tenant_id)
+        if fmi_path is not None:
+            return LegParties.t1_leg(self.blueprint_id, fmi_path, tenant, self.tenant_id)
+        return LegParties.blueprint_leg(self.blueprint_id, tenant, self.tenant_id)
 
     # -- blueprint ---------------------------------------------------------------------------------
 
@@ -226,7 +229,7 @@ class EntraLegs:
                 last = exc
                 continue
             if result and "error" in result:
-                err = errors.from_result(result, call_state(), client_tags=frozenset())
+                err = errors.from_result(result, call_state())
                 if errors.is_credential_rejection(err) and offset + 1 < len(self._sources):
                     log.warning(
                         "blueprint credential %d (%s) refused by the authority (%s); trying the next",
@@ -268,8 +271,7 @@ class EntraLegs:
                 tenant, lambda app: app.acquire_token_for_client(list(scopes), **kwargs)
             ),
             leg="t1" if fmi_path else "blueprint_app",
-            client_tags=frozenset({blueprint_tag(self.blueprint_id)}),
-            named_tags=self._named_tags(fmi_path),
+            parties=self._parties(tenant, fmi_path=fmi_path),
             correlation_id=correlation_id,
         )
 
@@ -292,7 +294,7 @@ class EntraLegs:
                 ),
             ),
             leg="blueprint_obo",
-            client_tags=frozenset({blueprint_tag(self.blueprint_id)}),
+            parties=self._parties(tenant),
             correlation_id=correlation_id,
         )
 
@@ -308,12 +310,11 @@ class EntraLegs:
         correlation_id: str | None,
     ) -> CachedToken:
         """Run ``call(app)`` with the agent identity's MSAL app, T1 as its ``client_assertion``."""
-        home = tenant or self.tenant_id
+        where = tenant or self.tenant_id
         return await self._run(
-            lambda: call(self._apps.agent_app(agent, home)),
+            lambda: call(self._apps.agent_app(agent, where)),
             leg=leg,
-            client_tags=frozenset({agent_tag(agent)}),
-            named_tags=self._named_tags(agent),
+            parties=self._parties(where, agent=agent),
             assertion=t1,
             correlation_id=correlation_id,
         )

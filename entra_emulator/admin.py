@@ -96,8 +96,35 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         _agent(request).disabled = request.match_info["action"] == "disable"
         return {"ok": True}
 
+    def _tenant(body: dict[str, Any]) -> str | None:
+        tenant = body.get("tenant")
+        if tenant is None:
+            return None
+        tenant = str(tenant).lower()
+        if tenant not in directory().tenants:
+            raise AdminError(404, "unknown tenant")
+        return tenant
+
     async def blueprint_switch(request: web.Request) -> Any:
-        _blueprint(request).disabled = request.match_info["action"] == "disable"
+        """Disable or enable the blueprint: everywhere, or (body ``tenant``) its service
+        principal in that tenant only."""
+        bp, off = _blueprint(request), request.match_info["action"] == "disable"
+        tenant = _tenant(await _body(request))
+        if tenant is None:
+            bp.disabled = off
+        elif off:
+            bp.disabled_in.add(tenant)
+        else:
+            bp.disabled_in.discard(tenant)
+        return {"ok": True}
+
+    async def blueprint_install(request: web.Request) -> Any:
+        """Give the blueprint a service principal in another tenant (body ``tenant``)."""
+        bp, tenant = _blueprint(request), _tenant(await _body(request))
+        if tenant is None:
+            raise AdminError(400, "give the 'tenant' to install the blueprint in")
+        if tenant != bp.tenant:
+            bp.installed_in.add(tenant)
         return {"ok": True}
 
     def _consent_kinds(body: dict[str, Any]) -> tuple[str, ...]:
@@ -214,6 +241,7 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
     r.add_delete("/_emulator/faults", _wrap(clear_faults))
     r.add_post("/_emulator/agents/{id}/{action:disable|enable}", _wrap(agent_switch))
     r.add_post("/_emulator/blueprints/{id}/{action:disable|enable}", _wrap(blueprint_switch))
+    r.add_post("/_emulator/blueprints/{id}/install", _wrap(blueprint_install))
     r.add_post("/_emulator/consents/revoke", _wrap(revoke_consent))
     r.add_post("/_emulator/consents/grant", _wrap(grant_consent))
     r.add_delete("/_emulator/blueprints/{id}/credentials/{kind}", _wrap(remove_credential))

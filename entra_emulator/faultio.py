@@ -75,12 +75,14 @@ async def apply_faults(
     leg: str,
     client_id: str | None,
     fmi_path: str | None,
+    has_claims: bool = False,
 ) -> tuple[web.StreamResponse | None, str | None]:
     """Run matching faults. Returns (response to send instead, fault name).
 
     A terminal drop (hang/reset/outage) is logged here and raises ``Dropped``.
     """
-    faults = state.faults.pick(target, {"leg": leg, "client_id": client_id, "fmi_path": fmi_path})
+    attrs = {"leg": leg, "client_id": client_id, "fmi_path": fmi_path, "has_claims": str(has_claims).lower()}
+    faults = state.faults.pick(target, attrs)
     if not faults:
         return None, None
     names: list[str] = []

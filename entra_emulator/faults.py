@@ -16,7 +16,8 @@ Modes:
 
 ``count`` = apply to the next N matching requests (null = until cleared);
 ``nth`` = only the Nth matching request from now. ``match`` filters on
-client_id / leg / fmi_path.
+client_id / leg / fmi_path, and ``has_claims`` ("true"/"false": the request carries a
+``claims`` parameter, e.g. a claims challenge the authority will not satisfy).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 TARGETS = ("token", "mi", "discovery", "all")
 MODES = ("latency", "status", "hang", "reset", "outage")
-MATCH_KEYS = ("client_id", "leg", "fmi_path")
+MATCH_KEYS = ("client_id", "leg", "fmi_path", "has_claims")
 
 
 @dataclass

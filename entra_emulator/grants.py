@@ -143,9 +143,9 @@ def _find_client(state: EmulatorState, tenant: str, form: Mapping[str, str]) -> 
     )
     if key in directory.blueprints:
         bp = directory.blueprints[key]
-        if bp.tenant != tenant:
+        if not bp.present_in(tenant):
             raise not_found
-        if bp.disabled:
+        if bp.disabled_for(tenant):
             raise _disabled(bp.app_id)
         return Client("blueprint", bp, None)
     agent = directory.agents.get(key)

@@ -144,11 +144,16 @@ class EmulatorAdmin:
     def enable_agent(self, agent_id: str) -> None:
         self._call("POST", f"agents/{agent_id}/enable")
 
-    def disable_blueprint(self, blueprint_id: str) -> None:
-        self._call("POST", f"blueprints/{blueprint_id}/disable")
+    def disable_blueprint(self, blueprint_id: str, tenant: str | None = None) -> None:
+        """Disable the blueprint everywhere, or its service principal in ``tenant`` only."""
+        self._call("POST", f"blueprints/{blueprint_id}/disable", {"tenant": tenant} if tenant else None)
 
-    def enable_blueprint(self, blueprint_id: str) -> None:
-        self._call("POST", f"blueprints/{blueprint_id}/enable")
+    def enable_blueprint(self, blueprint_id: str, tenant: str | None = None) -> None:
+        self._call("POST", f"blueprints/{blueprint_id}/enable", {"tenant": tenant} if tenant else None)
+
+    def install_blueprint(self, blueprint_id: str, tenant: str) -> None:
+        """Give the blueprint a service principal in ``tenant`` (admin consent there)."""
+        self._call("POST", f"blueprints/{blueprint_id}/install", {"tenant": tenant})
 
     def revoke_consent(
         self, client_id: str, resource: str, *, user: str | None = None, kind: str | None = None

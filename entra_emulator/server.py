@@ -102,7 +102,8 @@ async def token(request: web.Request) -> web.StreamResponse:
     form = {k: form[k] for k in dict.fromkeys(posted.keys()) if k in form}  # first value wins
     leg = classify(state, form)
     resp, fault = await apply_faults(request, state, target="token", endpoint="token", leg=leg,
-                                     client_id=form.get("client_id"), fmi_path=form.get("fmi_path"))
+                                     client_id=form.get("client_id"), fmi_path=form.get("fmi_path"),
+                                     has_claims=bool(form.get("claims")))
     if resp is not None:
         return resp
     correlation = request.headers.get("client-request-id")

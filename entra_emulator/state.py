@@ -106,6 +106,7 @@ class EmulatorState:
             "blueprints": [
                 {
                     "app_id": b.app_id, "tenant": b.tenant, "disabled": b.disabled,
+                    "installed_in": sorted(b.installed_in), "disabled_in": sorted(b.disabled_in),
                     "credentials": {
                         "secret": bool(b.secrets), "certificate": bool(b.certificates),
                         "mi": any(f.kind == "mi" for f in b.fics),

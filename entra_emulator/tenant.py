@@ -7,7 +7,7 @@ The directory is built from a JSON-compatible *spec* (``default_spec()`` or a
 Spec format (all keys optional except ids)::
 
     {"tenants": ["<tid>", ...],
-     "blueprints": [{"app_id", "sp_oid", "tenant", "secrets": [...],
+     "blueprints": [{"app_id", "sp_oid", "tenant", "installed_in": ["<tid>", ...], "secrets": [...],
                      "certificates": ["generated" | "<PEM>" | "<path>"],
                      "fics": [{"issuer": "{issuer}" | "{kubernetes}" | url,
                                "subject", "audiences": [...], "kind": "mi"|"workload"}],
@@ -23,6 +23,10 @@ Spec format (all keys optional except ids)::
 A delegated consent without ``user`` is an admin's consent for all users (Entra's
 ``consentType: AllPrincipals``); with ``user`` it is that one user's own consent
 (``Principal``). A user's delegated permissions are the union of both.
+
+A blueprint is registered in its home ``tenant``; ``installed_in`` lists the other
+tenants where it has a service principal (a multi-tenant app an admin consented to
+there). Elsewhere it is "not found in the directory" (AADSTS700016).
 
 In FIC issuers, ``{issuer}`` means this emulator's v2 issuer for the
 blueprint's tenant and ``{kubernetes}`` the emulator's kubernetes issuer.
@@ -57,7 +61,15 @@ class Blueprint:
     secrets: list[str] = field(default_factory=list)
     certificates: list[ClientCertificate] = field(default_factory=list)
     fics: list[Fic] = field(default_factory=list)
-    disabled: bool = False
+    disabled: bool = False  # its home service principal: it is refused everywhere, its agents too
+    installed_in: set[str] = field(default_factory=set)  # other tenants with a service principal
+    disabled_in: set[str] = field(default_factory=set)  # tenants whose service principal is disabled
+
+    def present_in(self, tenant: str) -> bool:
+        return tenant == self.tenant or tenant in self.installed_in
+
+    def disabled_for(self, tenant: str) -> bool:
+        return self.disabled or tenant in self.disabled_in
 
 
 @dataclass
@@ -244,6 +256,7 @@ def build_directory(spec: dict[str, Any], generated_cert: ClientCertificate | No
             secrets=list(b.get("secrets", [])),
             certificates=certs,
             fics=[Fic(f["issuer"], f["subject"], list(f.get("audiences", [])), f.get("kind", "")) for f in b.get("fics", [])],
+            installed_in={t.lower() for t in b.get("installed_in", [])},
         )
         blueprints[bp.app_id] = bp
         resources[bp.app_id] = Resource(bp.app_id, f"api://{bp.app_id}", bp.app_id, list(b.get("scopes", [])), [])

@@ -261,3 +261,48 @@ def test_mi_endpoint_errors(emulator: EmulatorServer, admin: EmulatorAdmin) -> N
     body = good.json()
     assert good.status_code == 200 and int(body["expires_on"]) > time.time()
     assert body["client_id"] == demo.MI_CLIENT_ID
+
+
+def test_delegated_consent_per_user(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    """An admin's consent covers every user; without it, only the users who consented themselves."""
+    assertion = t1(emulator)
+    alice, bob = admin.user_token(demo.DEMO_USER_UPN), admin.user_token(demo.DEMO_USER_2_UPN)
+    assert post_token(emulator, _obo_form(assertion, bob)).status_code == 200
+    admin.revoke_consent(demo.AGENT_1_ID, demo.GRAPH_RESOURCE, kind="delegated")
+    admin.grant_consent(demo.AGENT_1_ID, demo.GRAPH_RESOURCE, scopes=["User.Read"], user=demo.DEMO_USER_UPN)
+    assert post_token(emulator, _obo_form(assertion, alice)).status_code == 200
+    body = assert_error(post_token(emulator, _obo_form(assertion, bob)), 400, 65001, "invalid_grant")
+    assert demo.AGENT_1_ID in body["error_description"]
+    # the application consent was left alone (kind="delegated")
+    assert post_token(emulator, _agent_form(assertion)).status_code == 200
+    admin.revoke_consent(demo.AGENT_1_ID, demo.GRAPH_RESOURCE, user=demo.DEMO_USER_OID)
+    assert_error(post_token(emulator, _obo_form(assertion, alice)), 400, 65001)
+    admin.grant_consent(demo.AGENT_1_ID, demo.GRAPH_RESOURCE, scopes=["User.Read"])
+    assert post_token(emulator, _obo_form(assertion, bob)).status_code == 200
+
+
+def test_error_description_lines_are_entras(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    """Entra puts the trace id, correlation id and timestamp on their own lines (\\r\\n)."""
+    body = assert_error(post_token(emulator, _t1_form(), tenant=demo.OTHER_TENANT_ID), 400, 700016)
+    first, *rest = body["error_description"].split("\r\n")
+    assert demo.BLUEPRINT_APP_ID in first and "Trace ID" not in first
+    assert [line.split(":")[0] for line in rest] == ["Trace ID", "Correlation ID", "Timestamp"]
+
+
+def test_blueprint_installed_and_disabled_per_tenant(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    """A multi-tenant blueprint works where it is installed; disabling its service principal in
+    one tenant refuses it there only."""
+    form = {"grant_type": "client_credentials", "client_id": demo.BLUEPRINT_APP_ID, "scope": GRAPH_DEFAULT,
+            "client_secret": demo.BLUEPRINT_SECRET}
+    assert_error(post_token(emulator, form, tenant=demo.OTHER_TENANT_ID), 400, 700016, "unauthorized_client")
+    admin.install_blueprint(demo.BLUEPRINT_APP_ID, demo.OTHER_TENANT_ID)
+    other = post_token(emulator, form, tenant=demo.OTHER_TENANT_ID)
+    assert other.status_code == 200 and claims_of(other.json()["access_token"])["tid"] == demo.OTHER_TENANT_ID
+    # an agent of the blueprint is still refused outside its home tenant
+    assert_error(post_token(emulator, _t1_form(), tenant=demo.OTHER_TENANT_ID), 401, 700211)
+    admin.disable_blueprint(demo.BLUEPRINT_APP_ID, tenant=demo.OTHER_TENANT_ID)
+    body = assert_error(post_token(emulator, form, tenant=demo.OTHER_TENANT_ID), 400, 7000112)
+    assert demo.BLUEPRINT_APP_ID in body["error_description"]
+    assert post_token(emulator, form).status_code == 200  # home tenant unaffected
+    admin.enable_blueprint(demo.BLUEPRINT_APP_ID, tenant=demo.OTHER_TENANT_ID)
+    assert post_token(emulator, form, tenant=demo.OTHER_TENANT_ID).status_code == 200

@@ -147,3 +147,19 @@ def test_mi_and_discovery_targets(
     assert post_token(emulator, T1_FORM).status_code == 200
     endpoints = [(r["endpoint"], r["fault"]) for r in admin.log()["requests"] if r["fault"]]
     assert endpoints == [("mi", "status"), ("discovery", "status"), ("mi", "outage"), ("token", "outage")]
+
+
+def test_status_fault_throttling_code_on_http_400(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    """Entra throttles user flows with HTTP 400, invalid_grant and AADSTS50196; a fault can say
+    so, or send any AADSTS code and OAuth error on any status."""
+    admin.fault(target="token", mode="status", status=400, count=1)
+    body = post_token(emulator, T1_FORM).json()
+    assert (body["error"], body["error_codes"]) == ("invalid_grant", [50196])
+    admin.fault(target="token", mode="status", status=400, error_code=90055, error="invalid_request", count=1)
+    resp = post_token(emulator, T1_FORM)
+    assert resp.status_code == 400 and resp.json()["error_codes"] == [90055]
+    assert resp.json()["error"] == "invalid_request"
+    assert resp.json()["error_description"].startswith("AADSTS90055: ")
+    for bad in ({"error_code": "x"}, {"error_code": -1}, {"error": "no spaces allowed"}):
+        with pytest.raises(RuntimeError):
+            admin.fault(target="token", mode="status", status=400, **bad)

@@ -4,9 +4,11 @@ broker serving its tokens at the next refresh, not at expiry; other agents keep 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import aiohttp
+import pytest
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
@@ -57,7 +59,7 @@ def _check_revoked_at_refresh(replies: list[Reply], since: float, until: float) 
 
 
 async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_refresh(
-    broker_factory: BrokerFactory, admin: EmulatorAdmin
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin.settings(access_token_lifetime=[LIFETIME, LIFETIME], exchange_token_lifetime=LIFETIME + 2)
     async with (
@@ -139,3 +141,63 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
     after = requests_since(admin, enabled_seq)
     assert select(after, leg="app", client_id=A1, status=200)
     assert select(after, leg="blueprint_app", status=200)
+    # Each revocation was logged with its cause, the identity and the home tenant.
+    revoked = [r.getMessage() for r in caplog.records if "revoking the cached tokens" in r.getMessage()]
+    agent_line = f"agent identity {A1} in tenant {demo.TENANT_ID}: Entra answered AADSTS7000112 (disabled)"
+    blueprint_line = f"blueprint {demo.BLUEPRINT_APP_ID} in tenant {demo.TENANT_ID}: Entra answered AADSTS7000112"
+    assert any(agent_line in m for m in revoked) and any(blueprint_line in m for m in revoked), revoked
+    assert all(r.levelname == "WARNING" for r in caplog.records if "revoking the cached tokens" in r.getMessage())
+
+
+async def _revocations(session: aiohttp.ClientSession, ops_url: str | None) -> dict[tuple[str, str], float]:
+    assert ops_url is not None
+    async with session.get(ops_url + "/metrics") as resp:
+        text = await resp.text()
+    pattern = re.compile(r'^agent_token_broker_identity_revocations_total\{cause="(\w+)",identity="(\w+)"\} (\S+)$', re.M)
+    return {(identity, cause): float(v) for cause, identity, v in pattern.findall(text)}
+
+
+async def test_a_blueprint_disabled_in_one_tenant_is_revoked_in_that_tenant_only(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revocation tags carry the tenant: the blueprint's service principal disabled in tenant X
+    revokes its tokens for X (the refused key and its siblings there, each answering the
+    identity's refusal from memory) and leaves its home-tenant tokens cached. The revocation
+    is logged at WARNING with its cause and counted."""
+    admin.install_blueprint(demo.BLUEPRINT_APP_ID, demo.OTHER_TENANT_ID)
+    other = f"optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}"
+    async with (
+        broker_factory(
+            Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
+            Broker__Cache__NegativeTtlSeconds="120",
+        ) as broker,
+        client_session() as session,
+    ):
+        api = broker.api_urls[0]
+        home = {"graph": api + f"{UNAUTH}/graph", "demo": api + f"{UNAUTH}/demo", "a1": api + app_path(A1)}
+        away = {"graph": api + f"{UNAUTH}/graph?{other}", "demo": api + f"{UNAUTH}/demo?{other}"}
+        served = {url: await fetch(session, url) for url in (*home.values(), *away.values())}
+        assert all(r.status == 200 for r in served.values()), {u: r.body for u, r in served.items()}
+        assert served[away["graph"]].claims["tid"] == demo.OTHER_TENANT_ID
+        assert await _revocations(session, broker.ops_url) == {
+            (i, c): 0.0 for i in ("agent", "blueprint", "other")
+            for c in ("disabled", "not_found", "credential_rejected", "other")
+        }  # fmt: skip
+
+        admin.disable_blueprint(demo.BLUEPRINT_APP_ID, tenant=demo.OTHER_TENANT_ID)
+        refused = await fetch(session, away["graph"] + "&optionsOverride.AcquireTokenOptions.ForceRefresh=true")
+        assert refused.status == 401 and refused.body["errorCode"] == "AADSTS7000112", refused.body
+        seq = last_seq(admin)
+        sibling = await fetch(session, away["demo"])  # revoked with it, answered from memory
+        assert sibling.status == 401 and sibling.body["errorCode"] == "AADSTS7000112", sibling.body
+        assert demo.BLUEPRINT_APP_ID in sibling.body["detail"] and "correlationId" not in sibling.body
+        for url in home.values():  # the home tenant's tokens: the same cached tokens
+            again = await fetch(session, url)
+            assert again.status == 200 and again.token == served[url].token, again.body
+        assert requests_since(admin, seq) == []
+        counted = await _revocations(session, broker.ops_url)
+    assert counted[("blueprint", "disabled")] == 1 and sum(counted.values()) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "revoking" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert all(s in warnings[0] for s in (demo.BLUEPRINT_APP_ID, demo.OTHER_TENANT_ID, "AADSTS7000112", "disabled"))
+    assert "eyJ" not in warnings[0]

@@ -131,3 +131,31 @@ async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits
     tokens = [r.token for r in replies]
     assert tokens[0] == first.token and tokens[-1] != first.token
     assert all(r.remaining > 0 for r in replies)
+
+
+async def test_a_throttling_code_on_http_400_is_transient_not_a_refusal(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
+    """Entra throttles user flows with HTTP 400, ``invalid_grant`` and AADSTS50196 (and a tenant
+    with 90055): the broker rides it out (503 with Retry-After, the key not refused, nothing
+    revoked), whatever the status. Kills the mutation that drops THROTTLE_CODES (issue 21)."""
+    async with broker_factory() as broker, client_session() as s:
+        warm = await fetch(s, broker.api_urls[0] + app_path(A2))
+        assert warm.status == 200
+        for code in (50196, 90055):
+            admin.fault(
+                target="token", mode="status", status=400, error_code=code, error="invalid_grant",
+                retry_after=1, count=1, match={"leg": "app", "client_id": A1},
+            )  # fmt: skip
+            throttled = await fetch(s, broker.api_urls[0] + app_path(A1, "graph" if code == 50196 else "demo"))
+            assert throttled.status == 503 and throttled.content_type == "application/problem+json"
+            assert throttled.body["errorCode"] == f"AADSTS{code}", throttled.body
+            assert "Retry-After" in throttled.headers
+        seq = last_seq(admin)
+        assert (await fetch(s, broker.api_urls[0] + app_path(A2))).token == warm.token  # nothing revoked
+        assert requests_since(admin, seq) == []
+        async with asyncio.timeout(10):  # once its Retry-After has passed the key is asked for again
+            while (await fetch(s, broker.api_urls[0] + app_path(A1))).status != 200:
+                await asyncio.sleep(0.1)
+    assert [e["status"] for e in select(requests_since(admin), leg="app", client_id=A1)] == [400, 400, 200]
+    assert not select(requests_since(admin), leg="t1", status=400)

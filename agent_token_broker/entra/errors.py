@@ -41,9 +41,9 @@ def aadsts_code(result: Mapping[str, Any]) -> int | None:
 def _safe_description(result: Mapping[str, Any]) -> str:
     """Entra's error description, first line only, without the trace/correlation ids and
     timestamp Entra appends (they belong to one call), trimmed. It never holds tokens."""
-    text = str(result.get("error_description") or result.get("error") or "token request refused")
-    text = text.splitlines()[0] if text.strip() else "token request refused"
-    return _CALL_DETAILS.split(text, maxsplit=1)[0].strip()[:300]
+    text = str(result.get("error_description") or result.get("error") or "")
+    first = next((line for line in text.splitlines() if line.strip()), "token request refused")
+    return _CALL_DETAILS.split(first, maxsplit=1)[0].strip()[:300]
 
 
 def classify(

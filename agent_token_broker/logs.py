@@ -20,6 +20,9 @@ import time
 from contextvars import ContextVar
 from typing import TextIO
 
+OFF = logging.CRITICAL + 10  # Microsoft's "None": nothing is logged
+logging.addLevelName(OFF, "NONE")
+# The one table of level names: Microsoft.Extensions.Logging's and Python's, lower-cased.
 LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -29,7 +32,7 @@ LEVELS = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
-    "none": logging.CRITICAL + 10,
+    "none": OFF,
 }
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 EXTRA_FIELDS = (

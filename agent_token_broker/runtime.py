@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 
 from agent_token_broker.cache.engine import TokenCache
-from agent_token_broker.cache.policy import CachePolicy
 from agent_token_broker.credentials import build_sources
 from agent_token_broker.entra.http import UpstreamHttp
 from agent_token_broker.entra.legs import EntraLegs
@@ -28,23 +27,6 @@ from agent_token_broker.validation import InboundValidator
 log = logging.getLogger("agent_token_broker")
 REQUEST_MEMO_SIZE = 16384  # covers the identities a sidecar serves; ~0.6 KiB each
 PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
-
-
-def cache_policy(settings: Settings) -> CachePolicy:
-    c = settings.cache
-    return CachePolicy(
-        min_remaining=c.min_remaining_seconds,
-        stale_floor=c.stale_floor_seconds,
-        refresh_fraction=c.refresh_fraction,
-        jitter_fraction=c.jitter_fraction,
-        stale_wait=c.stale_wait_seconds,
-        backoff_base=c.backoff_base_seconds,
-        backoff_cap=c.backoff_cap_seconds,
-        negative_ttl=c.negative_ttl_seconds,
-        retry_after_cap=c.retry_after_cap_seconds,
-        force_refresh_min_interval=c.force_refresh_min_interval_seconds,
-        max_entries=c.max_entries,
-    )
 
 
 @dataclass
@@ -104,7 +86,7 @@ class Runtime:
         metrics = BrokerMetrics()
         monitor = UpstreamMonitor(metrics)
         legs.observer = monitor
-        cache = TokenCache(cache_policy(settings), observer=metrics)
+        cache = TokenCache(settings.cache, observer=metrics)
         outbound = OutboundSessions(
             trust,
             connect_timeout=up.connect_timeout_seconds,

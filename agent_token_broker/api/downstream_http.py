@@ -24,7 +24,7 @@ from agent_token_broker.api.problems import ProblemError
 from agent_token_broker.api.redirects import REDIRECT_STATUSES, Hop, RedirectRefused, next_hop
 from agent_token_broker.jsonlimits import loads_bounded
 from agent_token_broker.settings import DownstreamApiConfig
-from agent_token_broker.settings.apis import HTTP_METHODS
+from agent_token_broker.settings.checks import HTTP_METHODS
 
 MAX_PATH_LENGTH = 2048
 MAX_CLAIMS_LENGTH = 8192

@@ -125,7 +125,7 @@ class TokenCache:
         entry = self._entry_for(self._lru.hit(key), key, acquire, tags, keep_acquire=isolated)
         if force_refresh:
             forced_at = entry.forced_at
-            if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval:
+            if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval_seconds:
                 return await self._forced(entry, now, acquire if isolated else None)
             if entry.inflight is not None:  # rate-limited: share the refresh already running
                 self._lookup("coalesced")
@@ -197,7 +197,7 @@ class TokenCache:
                 task = self._start(entry)
                 label = "miss"
             try:
-                async with asyncio.timeout(self._policy.stale_wait):
+                async with asyncio.timeout(self._policy.stale_wait_seconds):
                     new = await asyncio.shield(task)
             except TimeoutError:
                 self._lookup("stale")

@@ -1,261 +1,140 @@
-"""The ``Broker``, ``Logging`` and ``Kestrel`` sections, and the listener precedence."""
+"""The ``Broker`` section's cache, Redis, upstream, downstream and managed-identity endpoint keys."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
-from agent_token_broker.settings.listen import ListenError, parse_listen, parse_listen_list
-from agent_token_broker.settings.model import (
-    DEFAULT_LISTEN,
-    DEFAULT_OPS_LISTEN,
-    CacheConfig,
-    DownstreamCallConfig,
-    Listen,
-    ManagedIdentityEndpointConfig,
-    RedisCacheConfig,
-    Secret,
-    UpstreamConfig,
-)
-from agent_token_broker.settings.reader import Section, indexed_children, is_guid
-from agent_token_broker.settings.tree import URLS_VARIABLE, Node
+from agent_token_broker.settings import checks
+from agent_token_broker.settings.schema import REDACTED, Draft, Secret, setting, validate
 
-LOG_LEVELS: Mapping[str, str] = {
-    "trace": "DEBUG",
-    "debug": "DEBUG",
-    "information": "INFO",
-    "info": "INFO",
-    "warning": "WARNING",
-    "warn": "WARNING",
-    "error": "ERROR",
-    "critical": "CRITICAL",
-    "none": "CRITICAL",
-}
-_DAY = 86400.0
+DAY = 86400
+DEFAULT_IDENTITY_HEADER_FILE = "/tmp/agent-token-broker/identity-header"  # noqa: S108 - documented default
 
 
-def read_cache(section: Section) -> CacheConfig:
-    d = CacheConfig()
-    min_remaining = section.get_float("MinRemainingSeconds", d.min_remaining_seconds, 0, _DAY)
-    stale_floor = section.get_float("StaleFloorSeconds", d.stale_floor_seconds, 0, _DAY)
-    if stale_floor > min_remaining:
-        section.problems.error(
-            section.key("StaleFloorSeconds"),
-            f"must not exceed MinRemainingSeconds ({min_remaining:g}), got {stale_floor:g}",
-        )
-    base = section.get_float("BackoffBaseSeconds", d.backoff_base_seconds, 0, 3600, low_open=True)
-    cap = section.get_float("BackoffCapSeconds", d.backoff_cap_seconds, 0, _DAY, low_open=True)
-    if cap < base:
-        section.problems.error(
-            section.key("BackoffCapSeconds"), f"must be at least BackoffBaseSeconds ({base:g}), got {cap:g}"
-        )
-    admin = section.get_str("AdminSecret")
-    redis = read_redis(section.sub("Redis"))
-    config = CacheConfig(
-        min_remaining_seconds=min_remaining,
-        stale_floor_seconds=stale_floor,
-        refresh_fraction=section.get_float("RefreshFraction", d.refresh_fraction, 0, 1, low_open=True),
-        jitter_fraction=section.get_float("JitterFraction", d.jitter_fraction, 0, 0.5),
-        stale_wait_seconds=section.get_float("StaleWaitSeconds", d.stale_wait_seconds, 0, 60),
-        backoff_base_seconds=base,
-        backoff_cap_seconds=cap,
-        negative_ttl_seconds=section.get_float("NegativeTtlSeconds", d.negative_ttl_seconds, 0, 3600),
-        retry_after_cap_seconds=section.get_float("RetryAfterCapSeconds", d.retry_after_cap_seconds, 0, _DAY),
-        force_refresh_min_interval_seconds=section.get_float(
-            "ForceRefreshMinIntervalSeconds", d.force_refresh_min_interval_seconds, 0, 3600
-        ),
-        max_entries=section.get_int("MaxEntries", d.max_entries, 1, 100_000_000),
-        max_agent_clients=section.get_int("MaxAgentClients", d.max_agent_clients, 1, 10_000_000),
-        admin_secret=Secret(admin) if admin else None,
-        redis=redis,
-    )
-    if admin is not None and len(admin) < 16:
-        section.problems.error(section.key("AdminSecret"), "must be at least 16 characters long")
-    section.check_unknown()
-    return config
+@dataclass(frozen=True)
+class CachePolicy:
+    """``Broker__Cache__*`` timings and bounds: the cache engine's parameters (see ``cache/policy.py``)."""
+
+    min_remaining_seconds: float = setting("MinRemainingSeconds", 300.0, low=0, high=DAY, doc="Serve a cached token only while it has more than this lifetime left.")
+    stale_floor_seconds: float = setting("StaleFloorSeconds", 60.0, low=0, high=DAY, values_doc="[0, MinRemainingSeconds]", doc="While Entra fails, keep serving cached tokens down to this remaining lifetime.")
+    refresh_fraction: float = setting("RefreshFraction", 0.5, low=0, high=1, low_open=True, doc="Refresh used tokens at this fraction of their lifetime when the server gives no `refresh_in`.")
+    jitter_fraction: float = setting("JitterFraction", 0.1, low=0, high=0.5, doc="Jitter of refresh times, as a fraction of the time between the planned refresh and expiry.")
+    stale_wait_seconds: float = setting("StaleWaitSeconds", 2.0, low=0, high=60, doc="How long a request waits for an in-flight refresh before it is served the stale token.")
+    backoff_base_seconds: float = setting("BackoffBaseSeconds", 1.0, low=0, high=3600, low_open=True, doc="First retry delay after an upstream failure (capped exponential backoff, full jitter).")
+    backoff_cap_seconds: float = setting("BackoffCapSeconds", 60.0, low=0, high=DAY, low_open=True, values_doc="[BackoffBaseSeconds, 86400]", doc="Maximum retry delay.")
+    negative_ttl_seconds: float = setting("NegativeTtlSeconds", 5.0, low=0, high=3600, doc="How long an upstream error is remembered without `Retry-After`: for the request's own key, or, when Entra refused an identity itself, for every key of that identity in that tenant (security.md, failure isolation).")
+    retry_after_cap_seconds: float = setting("RetryAfterCapSeconds", 300.0, low=0, high=DAY, doc="Cap on an honoured `Retry-After`.")
+    force_refresh_min_interval_seconds: float = setting("ForceRefreshMinIntervalSeconds", 10.0, low=0, high=3600, doc="Minimum interval between forced refreshes of one key.")
+    max_entries: int = setting("MaxEntries", 50000, low=1, high=100_000_000, doc="LRU cap on cached tokens.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        if v.stale_floor_seconds > v.min_remaining_seconds:
+            v.error("stale_floor_seconds", f"must not exceed MinRemainingSeconds ({v.min_remaining_seconds:g}), got {v.stale_floor_seconds:g}")
+        if v.backoff_cap_seconds < v.backoff_base_seconds:
+            v.error("backoff_cap_seconds", f"must be at least BackoffBaseSeconds ({v.backoff_base_seconds:g}), got {v.backoff_cap_seconds:g}")
 
 
-def read_redis(section: Section) -> RedisCacheConfig | None:
-    """``Broker__Cache__Redis__*``; None (no shared cache) unless ``Url`` or ``SentinelNodes`` is set."""
-    d = RedisCacheConfig()
-    url = section.get_str("Url")
-    sentinels = section.get_list("SentinelNodes") or ()
-    sentinels = tuple(n for item in sentinels for n in item.split(",") if n.strip())
-    key_files = section.get_list("EncryptionKeyFile") or ()
-    config = RedisCacheConfig(
-        url=url,
-        cluster=section.get_bool("Cluster", d.cluster),
-        sentinel_nodes=sentinels,
-        sentinel_service=section.get_str("SentinelService", d.sentinel_service) or d.sentinel_service,
-        encryption_key_files=key_files,
-        username_file=section.get_str("UsernameFile"),
-        password_file=section.get_str("PasswordFile"),
-        ca_file=section.get_str("CaFile"),
-        key_prefix=section.get_str("KeyPrefix", d.key_prefix) or d.key_prefix,
-        connect_timeout_seconds=section.get_float(
-            "ConnectTimeoutSeconds", d.connect_timeout_seconds, 0, 30, low_open=True
-        ),
-        operation_timeout_seconds=section.get_float(
-            "OperationTimeoutSeconds", d.operation_timeout_seconds, 0, 30, low_open=True
-        ),
-        lock_ttl_seconds=section.get_float("LockTtlSeconds", d.lock_ttl_seconds, 0, 300, low_open=True),
-        failure_threshold=section.get_int("FailureThreshold", d.failure_threshold, 1, 1000),
-        circuit_open_seconds=section.get_float(
-            "CircuitOpenSeconds", d.circuit_open_seconds, 0, 3600, low_open=True
-        ),
-        share_obo=section.get_bool("ShareObo", d.share_obo),
-    )
-    section.check_unknown()
-    if not section.present:
-        return None
-    if url is None and not sentinels:
-        if section.node is not None and section.node.children:
-            section.problems.error(section.key("Url"), "required (or SentinelNodes) when Redis keys are set")
-        return None
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        section.problems.error(section.key("Url"), "must start with redis://, rediss:// or unix://")
-    if sentinels and config.cluster:
-        section.problems.error(section.key("Cluster"), "cannot be combined with SentinelNodes")
-    for node in sentinels:
-        host, sep, port = node.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            section.problems.error(section.key("SentinelNodes"), f"expected host:port, got {node.strip()!r}")
-    if not key_files:
-        section.problems.error(
-            section.key("EncryptionKeyFile"), "required: the shared cache is always encrypted"
-        )
-    else:
-        from agent_token_broker.l2.sealing import KeyRingError, load_key_ring  # lazy: avoids an import cycle
-
-        try:
-            load_key_ring(key_files)  # fail fast, at startup, with one clear line
-        except KeyRingError as exc:
-            section.problems.error(section.key("EncryptionKeyFile"), str(exc))
-    for name, path in (("UsernameFile", config.username_file), ("PasswordFile", config.password_file)):
-        if path is not None and not os.access(path, os.R_OK):
-            section.problems.error(section.key(name), f"cannot read {path}")
-    return config
+def _redact_userinfo(url: str | None) -> str | None:
+    parts = urlsplit(url or "")
+    if parts.username is None and parts.password is None:
+        return url
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
 
 
-def read_upstream(section: Section) -> UpstreamConfig:
-    d = UpstreamConfig()
-    config = UpstreamConfig(
-        max_concurrency=section.get_int("MaxConcurrency", d.max_concurrency, 1, 1024),
-        connect_timeout_seconds=section.get_float(
-            "ConnectTimeoutSeconds", d.connect_timeout_seconds, 0, 300, low_open=True
-        ),
-        read_timeout_seconds=section.get_float(
-            "ReadTimeoutSeconds", d.read_timeout_seconds, 0, 600, low_open=True
-        ),
-    )
-    section.check_unknown()
-    return config
+@dataclass(frozen=True)
+class RedisCacheConfig:
+    """``Broker__Cache__Redis__*``: the optional shared L2 token cache (see docs/shared-cache.md)."""
 
+    url: str | None = setting("Url", None, parse=checks.redis_url, show=_redact_userinfo, values_doc="`redis://`, `rediss://`, `unix://`", doc="Enables the shared L2 cache ([shared-cache.md](shared-cache.md)); `rediss://` is TLS; with `Cluster`, a seed node. A password in it is redacted.")
+    cluster: bool = setting("Cluster", False, doc="Redis Cluster (redis-py `RedisCluster`) instead of a standalone server.")
+    sentinel_nodes: tuple[str, ...] = setting("SentinelNodes", (), parse=checks.host_port, split=r"[,\s]+", values_doc="`host:port`, comma-separated", doc="Sentinel mode: the Sentinels to ask for the master (TLS to it when `Url` is `rediss://`).")
+    sentinel_service: str = setting("SentinelService", "mymaster", doc="The Sentinel master (service) name.")
+    encryption_key_files: tuple[str, ...] = setting("EncryptionKeyFile", (), default_doc="required", values_doc="path", doc="File(s) of 32-byte keys (base64 or hex), one per line, oldest first: the last encrypts, all decrypt.")
+    username_file: str | None = setting("UsernameFile", None, values_doc="path", doc="File holding the Redis ACL user name.")
+    password_file: str | None = setting("PasswordFile", None, values_doc="path", doc="File holding the Redis ACL password.")
+    ca_file: str | None = setting("CaFile", None, values_doc="path", default_doc="system trust", doc="CA bundle for `rediss://`.")
+    key_prefix: str = setting("KeyPrefix", "atb:", doc="Prefix of every Redis key (names are otherwise opaque HMACs).")
+    connect_timeout_seconds: float = setting("ConnectTimeoutSeconds", 0.25, low=0, high=30, low_open=True, doc="Socket connect timeout to Redis.")
+    operation_timeout_seconds: float = setting("OperationTimeoutSeconds", 0.1, low=0, high=30, low_open=True, doc="Bound on one Redis operation; past it the request goes on without Redis.")
+    lock_ttl_seconds: float = setting("LockTtlSeconds", 5.0, low=0, high=300, low_open=True, doc="Lifetime of the per-key cross-replica lock; replicas wait for the holder at most this long.")
+    failure_threshold: int = setting("FailureThreshold", 3, low=1, high=1000, doc="Consecutive Redis failures that open the circuit breaker.")
+    circuit_open_seconds: float = setting("CircuitOpenSeconds", 5.0, low=0, high=3600, low_open=True, doc="How long the circuit stays open before a probe.")
+    share_obo: bool = setting("ShareObo", False, doc="Also share OBO tokens between replicas (keyed by the user assertion's SHA-256); see shared-cache.md.")
 
-def read_downstream(section: Section) -> DownstreamCallConfig:
-    """``Broker__Downstream__*``: limits of the ``/DownstreamApi*`` routes' outbound calls."""
-    d = DownstreamCallConfig()
-    config = DownstreamCallConfig(
-        timeout_seconds=section.get_float("TimeoutSeconds", d.timeout_seconds, 0, 600, low_open=True),
-        max_response_bytes=section.get_int("MaxResponseBytes", d.max_response_bytes, 1, 1 << 30),
-        max_request_bytes=section.get_int("MaxRequestBytes", d.max_request_bytes, 0, 1 << 30),
-        max_connections=section.get_int("MaxConnections", d.max_connections, 1, 10_000),
-    )
-    section.check_unknown()
-    return config
-
-
-def read_managed_identity_endpoint(section: Section) -> ManagedIdentityEndpointConfig:
-    """``Broker__ManagedIdentityEndpoint__*``: on when a secret (file) is configured or ``Enabled=true``."""
-    d = ManagedIdentityEndpointConfig()
-    secret = section.get_str("Secret")
-    secret_file = section.get_str("SecretFile")
-    enabled = section.get_bool("Enabled", secret is not None or secret_file is not None)
-    agent = section.get_str("DefaultAgentIdentity")
-    if secret is not None and secret_file is not None:
-        section.problems.error(section.key("SecretFile"), "give either Secret or SecretFile, not both")
-    if secret is not None and len(secret) < 16:
-        section.problems.error(section.key("Secret"), "must be at least 16 characters long")
-    if agent is not None and not is_guid(agent):
-        section.problems.error(
-            section.key("DefaultAgentIdentity"), "must be an agent identity client id (GUID)"
-        )
-        agent = None
-    section.check_unknown()
-    return ManagedIdentityEndpointConfig(
-        enabled=enabled,
-        secret=Secret(secret) if secret is not None else None,
-        secret_file=secret_file or d.secret_file,
-        default_agent_identity=agent.lower() if agent else None,
-    )
-
-
-def read_log_level(section: Section) -> str:
-    """``Logging__LogLevel__Default``; every other ``Logging`` key is accepted and ignored."""
-    level = section.sub("LogLevel").get_str("Default")
-    if level is None:
-        return "INFO"
-    mapped = LOG_LEVELS.get(level.lower())
-    if mapped is None:
-        section.problems.error(
-            section.key("LogLevel__Default"),
-            f"unknown level {level!r}; expected Trace, Debug, Information, Warning, Error, Critical or None",
-        )
-        return "INFO"
-    return mapped
-
-
-def read_listeners(broker: Section, kestrel: Section, root: Node) -> tuple[tuple[Listen, ...], Listen | None]:
-    """API listeners (Broker__Listen > Kestrel__Endpoints__*__Url > ASPNETCORE_URLS) and the ops listener."""
-    problems = broker.problems
-    listeners: list[Listen] = []
-    endpoints = kestrel.sub("Endpoints")
-    kestrel_items: list[tuple[str, str]] = []
-    for name in endpoints.names():
-        endpoint = endpoints.sub(name)
-        url = endpoint.get_str("Url")
-        if url is not None:
-            kestrel_items.append((endpoint.key("Url"), url))
-        endpoint.check_unknown()
-    endpoints.check_unknown()
-    listen_node = broker.node.child("Listen") if broker.node else None
-    broker.raw("Listen")
-    if listen_node is not None and (listen_node.children or (listen_node.value or "").strip()):
-        items = (
-            [(c.path, c.value or "") for _, c in indexed_children(listen_node, listen_node.path, problems)]
-            if listen_node.children
-            else [(listen_node.path, listen_node.value or "")]
-        )
-        listeners = _parse_all(items, broker)
-    elif kestrel_items:
-        listeners = _parse_all(kestrel_items, broker)
-    else:
-        urls = root.child(URLS_VARIABLE)
-        if urls is not None and (urls.value or "").strip():
-            listeners = _parse_all([(URLS_VARIABLE, urls.value or "")], broker)
-    kestrel.check_unknown()
-    ops: Listen | None = DEFAULT_OPS_LISTEN
-    ops_value = broker.raw("OpsListen")
-    if ops_value is not None:
-        if ops_value.strip().lower() in ("", "off", "none", "false"):
-            ops = None
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        if v.url is None and not v.sentinel_nodes:
+            v.error("url", "required (or SentinelNodes) when Redis keys are set")
+        if v.sentinel_nodes and v.cluster:
+            v.error("cluster", "cannot be combined with SentinelNodes")
+        if not v.encryption_key_files:
+            v.error("encryption_key_files", "required: the shared cache is always encrypted")
         else:
+            from agent_token_broker.l2.sealing import (  # lazy: avoids an import cycle
+                KeyRingError,
+                load_key_ring,
+            )
+
             try:
-                ops, _ = parse_listen(ops_value)
-            except ListenError as exc:
-                problems.error(broker.key("OpsListen"), str(exc))
-    return tuple(listeners) or (DEFAULT_LISTEN,), ops
+                load_key_ring(v.encryption_key_files)  # fail fast, at startup, with one clear line
+            except KeyRingError as exc:
+                v.error("encryption_key_files", str(exc))
+        for name in ("username_file", "password_file", "ca_file"):
+            if getattr(v, name) is not None and not os.access(getattr(v, name), os.R_OK):
+                v.error(name, f"cannot read {getattr(v, name)}")
 
 
-def _parse_all(items: list[tuple[str, str]], section: Section) -> list[Listen]:
-    result: list[Listen] = []
-    for key, value in items:
-        try:
-            listeners, warnings = parse_listen_list(value)
-        except ListenError as exc:
-            section.problems.error(key, str(exc))
-            continue
-        result.extend(listeners)
-        for warning in warnings:
-            section.problems.warn(key, warning)
-    return result
+@dataclass(frozen=True)
+class CacheConfig(CachePolicy):
+    """``Broker__Cache__*``: the token cache's policy, per-agent clients, admin route and shared cache."""
+
+    max_agent_clients: int = setting("MaxAgentClients", 1000, low=1, high=10_000_000, doc="LRU cap on per-agent MSAL clients (about 11 KiB each; an evicted one is rebuilt in about 0.2 ms, offline).")
+    admin_secret: Secret | None = setting("AdminSecret", None, min_len=16, doc="Enables `POST /admin/cache/clear` on the ops listener (`Authorization: Bearer <secret>`); no route without it.")
+    redis: RedisCacheConfig | None = setting("Redis", None)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """``Broker__Upstream__*``: calls to Entra."""
+
+    max_concurrency: int = setting("MaxConcurrency", 16, low=1, high=1024, doc="Maximum concurrent calls to Entra (the MSAL thread pool).")
+    connect_timeout_seconds: float = setting("ConnectTimeoutSeconds", 3.0, low=0, high=300, low_open=True, doc="Connect timeout of Entra calls.")
+    read_timeout_seconds: float = setting("ReadTimeoutSeconds", 10.0, low=0, high=600, low_open=True, doc="Read timeout of Entra calls.")
+
+
+@dataclass(frozen=True)
+class DownstreamCallConfig:
+    """``Broker__Downstream__*``: calls made by the ``/DownstreamApi*`` routes."""
+
+    timeout_seconds: float = setting("TimeoutSeconds", 30.0, low=0, high=600, low_open=True, doc="Total time of one `/DownstreamApi*` call to the downstream API (504 beyond).")
+    max_response_bytes: int = setting("MaxResponseBytes", 10 * 1024 * 1024, low=1, high=1 << 30, doc="Largest downstream response body, decompressed, a call returns (502 beyond).")
+    max_request_bytes: int = setting("MaxRequestBytes", 1024 * 1024, low=0, high=1 << 30, doc="Largest request body a call forwards (413 beyond).")
+    max_connections: int = setting("MaxConnections", 64, low=1, high=10_000, doc="Connections open at once to downstream APIs, a pool of their own (the authority's signing-key fetches have another); more calls wait within their timeout.")
+
+
+@dataclass(frozen=True)
+class ManagedIdentityEndpointConfig:
+    """``Broker__ManagedIdentityEndpoint__*``: the App Service managed-identity endpoint ``/msi/token``.
+
+    ``secret`` is the ``X-IDENTITY-HEADER`` value; when None it is read from ``secret_file``
+    (generated and written there if the file does not exist).
+    """
+
+    enabled: bool = setting("Enabled", False, default_doc="`true` when `Secret` or `SecretFile` is set", doc="Serve `GET /msi/token` (App Service managed-identity protocol) on the API listener; see [integration.md](integration.md).")
+    secret: Secret | None = setting("Secret", None, min_len=16, doc="The `X-IDENTITY-HEADER` value callers must send (their `IDENTITY_HEADER`). Not with `SecretFile`.")
+    secret_file: str = setting("SecretFile", DEFAULT_IDENTITY_HEADER_FILE, values_doc="path", doc="File holding the secret, re-read when it changes; if missing, a random one is written there (0600, directory 0700).")
+    default_agent_identity: str | None = setting("DefaultAgentIdentity", None, parse=checks.guid(" (an agent identity client id)"), values_doc="GUID", doc="Agent identity of requests without `client_id` (\"system-assigned\"); without it `client_id` is required.")
+
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        if not v.given("enabled"):
+            v.set("enabled", v.given("secret") or v.given("secret_file"))
+        if v.given("secret") and v.given("secret_file"):
+            v.error("secret_file", "give either Secret or SecretFile, not both")

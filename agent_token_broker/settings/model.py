@@ -1,160 +1,107 @@
-"""The configuration model: immutable dataclasses plus :class:`Secret` and :class:`ConfigError`.
+"""The configuration model: Microsoft's sidecar schema plus the ``Broker`` section, each key declared once.
 
-Nothing here reads files or the environment; see :mod:`agent_token_broker.settings.loader`.
+A field made with ``setting``/``section`` is a key: its name, default, bounds, parser and doc live
+here (and in ``security.py``, ``broker_section.py``) and nowhere else; see ``schema.py``.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, TypeVar
 
+from agent_token_broker.settings import checks
+from agent_token_broker.settings.broker_section import (
+    CacheConfig,
+    DownstreamCallConfig,
+    ManagedIdentityEndpointConfig,
+    RedisCacheConfig,
+    UpstreamConfig,
+)
+from agent_token_broker.settings.listen import (
+    DEFAULT_LISTEN,
+    DEFAULT_OPS_LISTEN,
+    Listen,
+    listen_item,
+    ops_listen,
+)
+from agent_token_broker.settings.schema import CaseInsensitiveMapping, Draft, Secret, declared, setting
 from agent_token_broker.settings.security import SecurityConfig
-
-REDACTED = "<redacted>"
+from agent_token_broker.settings.tree import URLS_VARIABLE
 
 DEFAULT_INSTANCE = "https://login.microsoftonline.com/"
 DEFAULT_SIGNED_ASSERTION_FILE = "/var/run/secrets/azure/tokens/azure-identity-token"
 DEFAULT_TOKEN_EXCHANGE_URL = "api://AzureADTokenExchange"
-
-SOURCE_CLIENT_SECRET = "ClientSecret"
-SOURCE_PATH = "Path"
-SOURCE_SIGNED_ASSERTION_FILE = "SignedAssertionFilePath"
-SOURCE_MANAGED_IDENTITY = "SignedAssertionFromManagedIdentity"
+SOURCE_CLIENT_SECRET, SOURCE_PATH = "ClientSecret", "Path"
+SOURCE_SIGNED_ASSERTION_FILE, SOURCE_MANAGED_IDENTITY = "SignedAssertionFilePath", "SignedAssertionFromManagedIdentity"
 SOURCE_TYPES = (SOURCE_CLIENT_SECRET, SOURCE_PATH, SOURCE_SIGNED_ASSERTION_FILE, SOURCE_MANAGED_IDENTITY)
-
-OVERRIDE_ROUTES = (
-    "GetAuthorizationHeader",
-    "GetAuthorizationHeaderUnauthenticated",
-    "CallDownstreamApi",
-    "CallDownstreamApiUnauthenticated",
-)
-DEFAULT_ALLOW_OVERRIDES: Mapping[str, bool] = MappingProxyType(
-    {
-        "GetAuthorizationHeader": True,
-        "GetAuthorizationHeaderUnauthenticated": False,
-        "CallDownstreamApi": True,
-        "CallDownstreamApiUnauthenticated": False,
-    }
-)
+UNSUPPORTED_SOURCE_TYPES = ("KeyVault", "StoreWithThumbprint", "StoreWithDistinguishedName", "Base64Encoded", "SignedAssertionFromVault", "CustomSignedAssertion")
+OVERRIDE_ROUTES = ("GetAuthorizationHeader", "GetAuthorizationHeaderUnauthenticated", "CallDownstreamApi", "CallDownstreamApiUnauthenticated")
+DEFAULT_ALLOW_OVERRIDES: Mapping[str, bool] = MappingProxyType({r: not r.endswith("Unauthenticated") for r in OVERRIDE_ROUTES})
+_FOREIGN_KEYS = ("KeyVaultUrl", "KeyVaultCertificateName", "CertificateStorePath", "CertificateThumbprint", "CertificateDistinguishedName", "Base64EncodedValue")
+_COPIED_KEYS = ("Domain", "EnablePiiLogging", "AllowWebApiToBeAuthorizedByACL", "CallbackPath", "SignedOutCallbackPath", "TokenDecryptionCredentials", "ClientCapabilities")
+_UNSUPPORTED_OPTIONS = ("PopPublicKey", "PopClaims", "ManagedIdentity", "LongRunningWebApiSessionKey")
+_PATH, _MI, _SAF = (SOURCE_PATH,), (SOURCE_MANAGED_IDENTITY,), (SOURCE_SIGNED_ASSERTION_FILE,)
 
 
-class Secret:
-    """A secret string that never shows itself in ``repr``, ``str`` or f-strings."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret value. Call only where the value is sent to its consumer."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return REDACTED
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash((Secret, len(self._value)))
-
-    def __reduce__(self) -> tuple[object, ...]:  # pragma: no cover - pickling is not a use case
-        raise TypeError("Secret values cannot be pickled")
-
-
-class ConfigError(Exception):
-    """Invalid configuration. ``problems`` holds one line per problem, each naming its key.
-
-    Lines never contain secret values.
-    """
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems: list[str] = list(problems)
-        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))
-
-
-V = TypeVar("V")
-
-
-class CaseInsensitiveMapping(Mapping[str, V]):
-    """A read-only mapping whose lookups ignore case; iteration yields the original names."""
-
-    __slots__ = ("_by_lower", "_names")
-
-    def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._by_lower: dict[str, V] = {}
-        self._names: dict[str, str] = {}
-        for name, value in pairs:
-            self._by_lower[name.lower()] = value
-            self._names.setdefault(name.lower(), name)
-
-    def __getitem__(self, key: str) -> V:
-        return self._by_lower[key.lower()]
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._by_lower
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names.values())
-
-    def __len__(self) -> int:
-        return len(self._by_lower)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({ {n: self._by_lower[k] for k, n in self._names.items()}!r})"
+def _source_type(text: str) -> str:
+    found = next((s for s in SOURCE_TYPES if s.lower() == text.lower()), None)
+    unsupported = next((s for s in UNSUPPORTED_SOURCE_TYPES if s.lower() == text.lower()), None)
+    if unsupported is not None:
+        raise ValueError(f"{unsupported} is not supported by this broker; use Path (a mounted PEM or PFX file), SignedAssertionFilePath or SignedAssertionFromManagedIdentity")
+    if found is None:
+        raise ValueError(f"unknown source type {text!r}; expected one of " + ", ".join(SOURCE_TYPES))
+    return found
 
 
 @dataclass(frozen=True)
 class CredentialConfig:
-    """One ``AzureAd__ClientCredentials__N`` entry."""
+    """One ``AzureAd__ClientCredentials__N`` entry; ``sources`` names the SourceTypes that use a key."""
+
+    IGNORED = dict.fromkeys(_FOREIGN_KEYS, "ignored (belongs to a credential type this broker does not load)")
+    DERIVED = {"Index": "index"}
 
     index: int
-    source_type: str
-    client_secret: Secret | None = None
-    certificate_disk_path: str | None = None
-    certificate_password: Secret | None = None
-    signed_assertion_file_disk_path: str | None = None
-    managed_identity_client_id: str | None = None
-    private_key_disk_path: str | None = None
-    send_x5c: bool = False
-    token_exchange_url: str = DEFAULT_TOKEN_EXCHANGE_URL
+    source_type: str = setting("SourceType", required=True, parse=_source_type, values_doc=", ".join(f"`{s}`" for s in SOURCE_TYPES), doc="Case-insensitive. " + ", ".join(UNSUPPORTED_SOURCE_TYPES) + " are refused: mount the certificate and use `Path`.")
+    client_secret: Secret | None = setting("ClientSecret", None, sources=(SOURCE_CLIENT_SECRET,), default_doc="required", doc="Shared secret. Use it for development only.")
+    certificate_disk_path: str | None = setting("CertificateDiskPath", None, sources=_PATH, default_doc="required", values_doc="path", doc="PEM key + certificate(s); PEM certificate(s) with `PrivateKeyDiskPath`; or PFX. Detected from the content, re-read when it changes.")
+    certificate_password: Secret | None = setting("CertificatePassword", None, raw=True, parse=lambda text: Secret(text) if text else None, sources=_PATH, doc="Password of an encrypted PEM key or of a PFX file.")
+    signed_assertion_file_disk_path: str | None = setting("SignedAssertionFileDiskPath", None, aliases=("SignedAssertionFilePath",), sources=_SAF, values_doc="path", default_doc=f"`$AZURE_FEDERATED_TOKEN_FILE`, else `{DEFAULT_SIGNED_ASSERTION_FILE}`", doc="Federated token file, re-read when it changes (also the kubelet's `..data` symlink swap).")
+    managed_identity_client_id: str | None = setting("ManagedIdentityClientId", None, parse=checks.guid(), sources=_MI, values_doc="GUID", doc="Client id of a user-assigned identity; unset for the system-assigned one.")
+    private_key_disk_path: str | None = setting("PrivateKeyDiskPath", None, sources=_PATH, values_doc="path", doc="Broker extension: a separate PEM key file (e.g. `tls.key` of a Kubernetes TLS secret).")
+    send_x5c: bool = setting("SendX5C", False, default_key="AzureAd__SendX5C", sources=_PATH, doc="`true` adds the certificate chain as `x5c` (subject name/issuer authentication).")
+    token_exchange_url: str = setting("TokenExchangeUrl", DEFAULT_TOKEN_EXCHANGE_URL, sources=_MI, doc="Resource of the managed-identity token (`api://AzureADTokenExchangeUSGov`, `...China` in other clouds).")
 
-
-@dataclass(frozen=True)
-class DownstreamApiConfig:
-    """One ``DownstreamApis__<name>`` entry."""
-
-    name: str
-    scopes: tuple[str, ...] = ()
-    base_url: str | None = None
-    relative_path: str = ""
-    http_method: str = "GET"
-    request_app_token: bool = False
-    accept_header: str | None = None
-    content_type: str | None = None
-    tenant: str | None = None
-    allowed_scopes: tuple[str, ...] | None = None
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        kind = v.source_type
+        if kind == SOURCE_CLIENT_SECRET and v.client_secret is None:
+            v.error("client_secret", "required when SourceType is ClientSecret")
+        if kind == SOURCE_PATH and v.certificate_disk_path is None:
+            v.error("certificate_disk_path", "required when SourceType is Path")
+        if kind == SOURCE_SIGNED_ASSERTION_FILE and v.signed_assertion_file_disk_path is None:
+            v.set("signed_assertion_file_disk_path", v.env.get("AZURE_FEDERATED_TOKEN_FILE") or DEFAULT_SIGNED_ASSERTION_FILE)
+        for name, key, *_ in declared(cls):
+            if kind is not None and key.sources and kind not in key.sources and v.given(name):
+                v.error(name, f"not used with SourceType {kind} (only with {', '.join(key.sources)}); remove it")
 
 
 @dataclass(frozen=True)
 class AzureAdConfig:
     """The ``AzureAd`` section: authority, blueprint app id, inbound audiences, credentials."""
 
-    tenant_id: str
-    client_id: str
-    instance: str = DEFAULT_INSTANCE
-    audiences: tuple[str, ...] = ()
-    scopes: tuple[str, ...] = ()
-    credentials: tuple[CredentialConfig, ...] = ()
+    IGNORED = dict.fromkeys(_COPIED_KEYS, "ignored by this broker")
+    DERIVED = {"Authority": "authority"}
+
+    tenant_id: str = setting("TenantId", required=True, parse=checks.tenant, values_doc="GUID or domain", doc="Tenant GUID or domain (`contoso.onmicrosoft.com`); `common`, `organizations`, `consumers` are refused (not in Agent ID).")
+    client_id: str = setting("ClientId", required=True, parse=checks.guid(" (the blueprint application id)"), values_doc="GUID", doc="The agent identity **blueprint** application id.")
+    instance: str = setting("Instance", DEFAULT_INSTANCE, parse=checks.authority_host, values_doc="https URL", doc="Authority host (the emulator's https URL in development).")
+    audience: str | None = setting("Audience", None, hidden=True, default_doc="`ClientId`, `api://ClientId`", doc="An accepted audience of inbound tokens, before `Audiences`; either replaces the default.")
+    audiences: tuple[str, ...] = setting("Audiences", (), default_doc="`ClientId`, `api://ClientId`", doc="Accepted audiences of inbound tokens.")
+    scopes: tuple[str, ...] = setting("Scopes", (), doc="Scopes required by `/Validate`.")
+    send_x5c: bool = setting("SendX5C", False, doc="Default `SendX5C` of certificate credentials.")
+    credentials: tuple[CredentialConfig, ...] = setting("ClientCredentials", ())
+    client_secret: Secret | None = setting("ClientSecret", None, hidden=True, doc="Legacy form: one more `ClientSecret` credential, after the array.")
 
     def __post_init__(self) -> None:
         if not self.audiences:
@@ -164,128 +111,92 @@ class AzureAdConfig:
     def authority(self) -> str:
         return self.instance.rstrip("/") + "/" + self.tenant_id
 
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        v.set("audiences", tuple(dict.fromkeys(([v.audience] if v.audience else []) + list(v.audiences))))
+        credentials = list(v.credentials)
+        if v.client_secret is not None:
+            credentials.append(CredentialConfig(credentials[-1].index + 1 if credentials else 0, SOURCE_CLIENT_SECRET, client_secret=v.client_secret))
+            v.set("credentials", tuple(credentials))
+        if not credentials and not v.given("credentials"):
+            v.error("credentials", "at least one credential is required (e.g. ClientCredentials__0__SourceType)")
+
+
+@dataclass(frozen=True)
+class DownstreamApiConfig:
+    """One ``DownstreamApis__<name>`` entry."""
+
+    IGNORED = {"AcquireTokenOptions__CorrelationId": "ignored by this broker"}
+    REJECTED = dict.fromkeys((f"AcquireTokenOptions__{k}" for k in _UNSUPPORTED_OPTIONS), "not supported by this broker")
+
+    name: str
+    scopes: tuple[str, ...] = setting("Scopes", (), doc="Scopes to request.")
+    base_url: str | None = setting("BaseUrl", None, parse=checks.base_url, values_doc="https URL", doc="Where `/DownstreamApi*` calls go; plain `http` only to loopback; no user information or fragment.")
+    relative_path: str = setting("RelativePath", "", default_doc='`""`', doc="Path appended to `BaseUrl`.")
+    http_method: str = setting("HttpMethod", "GET", parse=checks.http_method, values_doc="HTTP method", doc="Method of downstream calls: " + ", ".join(checks.HTTP_METHODS) + ".")
+    request_app_token: bool = setting("RequestAppToken", False, doc="Request an app (or agent) token rather than a user token.")
+    accept_header: str | None = setting("AcceptHeader", None, doc="`Accept` header of downstream calls.")
+    content_type: str | None = setting("ContentType", None, doc="`Content-Type` header of downstream calls.")
+    tenant: str | None = setting("AcquireTokenOptions__Tenant", None, doc="Tenant to acquire the token in.")
+    allowed_scopes: tuple[str, ...] | None = setting("AllowedScopes", None, default_doc="any (strict: `Scopes`)", doc="Broker extension: scopes a caller may ask for with `optionsOverride.Scopes` (case-insensitive); others get 403.")
+    authentication_scheme: str = setting("AcquireTokenOptions__AuthenticationScheme", "Bearer", parse=checks.bearer_only, values_doc="`Bearer`", doc="Only `Bearer` is supported.")
+
 
 @dataclass(frozen=True)
 class SidecarConfig:
     """The ``Sidecar`` section."""
 
-    allow_overrides: Mapping[str, bool] = field(default_factory=lambda: DEFAULT_ALLOW_OVERRIDES)
-    allow_outbound_redirects: bool = False
+    IGNORED = {"PopValidation": "ignored (PoP validation is not implemented)"}
+
+    allow_overrides: Mapping[str, bool] = setting("AllowOverrides", DEFAULT_ALLOW_OVERRIDES, doc="Allow `optionsOverride.*` on Microsoft's `{name}` route.")
+    allow_outbound_redirects: bool = setting("AllowOutboundRedirects", False, doc="Follow downstream 3xx (at most 5; to another origin without token, caller headers or body, or refused: security.md §7); off, a 3xx is the result, with its `Location`.")
 
 
 @dataclass(frozen=True)
-class Listen:
-    """One listener: TCP ``host:port`` or a Unix socket ``path``."""
-
-    kind: Literal["tcp", "unix"]
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
+class KestrelEndpoint:
+    name: str
+    url: tuple[Listen, ...] = setting("Url", (), parse=listen_item, split=";", values_doc="addresses", doc="API listener(s) when `Broker__Listen` is unset.")
 
 
 @dataclass(frozen=True)
-class RedisCacheConfig:
-    """``Broker__Cache__Redis__*``: the optional shared L2 token cache (see docs/shared-cache.md)."""
-
-    url: str | None = None
-    cluster: bool = False
-    sentinel_nodes: tuple[str, ...] = ()
-    sentinel_service: str = "mymaster"
-    encryption_key_files: tuple[str, ...] = ()
-    username_file: str | None = None
-    password_file: str | None = None
-    ca_file: str | None = None
-    key_prefix: str = "atb:"
-    connect_timeout_seconds: float = 0.25
-    operation_timeout_seconds: float = 0.1
-    lock_ttl_seconds: float = 5.0
-    failure_threshold: int = 3
-    circuit_open_seconds: float = 5.0
-    share_obo: bool = False
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """``Broker__Cache__*``: token cache and refresh policy."""
-
-    min_remaining_seconds: float = 300
-    stale_floor_seconds: float = 60
-    refresh_fraction: float = 0.5
-    jitter_fraction: float = 0.1
-    stale_wait_seconds: float = 2.0
-    backoff_base_seconds: float = 1
-    backoff_cap_seconds: float = 60
-    negative_ttl_seconds: float = 5
-    retry_after_cap_seconds: float = 300
-    force_refresh_min_interval_seconds: float = 10
-    max_entries: int = 50000
-    max_agent_clients: int = 1000  # ~11 KiB each; rebuilding one costs ~0.2 ms on a cache miss only
-    admin_secret: Secret | None = None
-    redis: RedisCacheConfig | None = None
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    """``Broker__Upstream__*``: calls to Entra."""
-
-    max_concurrency: int = 16
-    connect_timeout_seconds: float = 3.0
-    read_timeout_seconds: float = 10.0
-
-
-DEFAULT_IDENTITY_HEADER_FILE = "/tmp/agent-token-broker/identity-header"  # noqa: S108 - documented default
-
-
-@dataclass(frozen=True)
-class DownstreamCallConfig:
-    """``Broker__Downstream__*``: calls made by the ``/DownstreamApi*`` routes."""
-
-    timeout_seconds: float = 30.0
-    max_response_bytes: int = 10 * 1024 * 1024
-    max_request_bytes: int = 1024 * 1024
-    max_connections: int = 64  # its own pool: never shared with the authority's (JWKS) one
-
-
-@dataclass(frozen=True)
-class ManagedIdentityEndpointConfig:
-    """``Broker__ManagedIdentityEndpoint__*``: the App Service managed-identity endpoint ``/msi/token``.
-
-    ``secret`` is the ``X-IDENTITY-HEADER`` value; when None the value is read from
-    ``secret_file`` (generated and written there if the file does not exist).
-    """
-
-    enabled: bool = False
-    secret: Secret | None = None
-    secret_file: str = DEFAULT_IDENTITY_HEADER_FILE
-    default_agent_identity: str | None = None
-
-
-DEFAULT_LISTEN = Listen("tcp", "127.0.0.1", 5000)
-DEFAULT_OPS_LISTEN = Listen("tcp", "0.0.0.0", 9464)  # noqa: S104 - metrics port, by design
+class KestrelConfig:
+    endpoints: Mapping[str, KestrelEndpoint] = setting("Endpoints", CaseInsensitiveMapping())
 
 
 @dataclass(frozen=True)
 class Settings:
     """The whole validated configuration. Build it with :func:`agent_token_broker.settings.load_settings`."""
 
-    azure_ad: AzureAdConfig
-    downstream_apis: Mapping[str, DownstreamApiConfig] = field(default_factory=CaseInsensitiveMapping)
-    sidecar: SidecarConfig = field(default_factory=SidecarConfig)
-    listen: tuple[Listen, ...] = (DEFAULT_LISTEN,)
-    ops_listen: Listen | None = DEFAULT_OPS_LISTEN
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
-    downstream: DownstreamCallConfig = field(default_factory=DownstreamCallConfig)
-    managed_identity_endpoint: ManagedIdentityEndpointConfig = field(
-        default_factory=ManagedIdentityEndpointConfig
-    )
-    log_level: str = "INFO"
-    strict: bool = False
-    security: SecurityConfig = field(default_factory=SecurityConfig)
+    OPEN = ("Logging",)  # every other Logging key (e.g. Logging__LogLevel__Microsoft.AspNetCore) is accepted
+
+    azure_ad: AzureAdConfig = setting("AzureAd")
+    downstream_apis: Mapping[str, DownstreamApiConfig] = setting("DownstreamApis", CaseInsensitiveMapping(), parse=checks.api_name)
+    sidecar: SidecarConfig = setting("Sidecar", SidecarConfig)
+    listen: tuple[Listen, ...] = setting("Broker__Listen", (DEFAULT_LISTEN,), parse=listen_item, split=";", values_doc="addresses", doc="API listener(s), `;`-separated. Unset: every `Kestrel__Endpoints__<name>__Url`, else `ASPNETCORE_URLS`.")
+    ops_listen: Listen | None = setting("Broker__OpsListen", DEFAULT_OPS_LISTEN, parse=ops_listen, raw=True, show=lambda v: str(v) if v else "off", values_doc="address or `off`", doc="Listener for metrics and health; `off` or empty disables it.")
+    kestrel: KestrelConfig = setting("Kestrel", KestrelConfig, hidden=True)
+    aspnetcore_urls: tuple[Listen, ...] = setting(URLS_VARIABLE, (), parse=listen_item, split=";", hidden=True, values_doc="addresses", doc="API listener(s) when neither `Broker__Listen` nor a Kestrel endpoint is set.")
+    strict: bool = setting("Broker__Strict", False, doc="Stricter behaviour ([security.md](security.md#strict-mode)): 404 for unknown APIs, header required, override scopes only from allow-lists, `AzureAd__Scopes` on `/AuthorizationHeader`.")
+    security: SecurityConfig = setting("Broker", SecurityConfig)
+    cache: CacheConfig = setting("Broker__Cache", CacheConfig)
+    upstream: UpstreamConfig = setting("Broker__Upstream", UpstreamConfig)
+    downstream: DownstreamCallConfig = setting("Broker__Downstream", DownstreamCallConfig)
+    managed_identity_endpoint: ManagedIdentityEndpointConfig = setting("Broker__ManagedIdentityEndpoint", ManagedIdentityEndpointConfig)
+    log_level: str = setting("Logging__LogLevel__Default", "INFO", parse=checks.log_level, default_doc="`Information`", values_doc="level", doc="`Trace`, `Debug`, `Information`, `Warning`, `Error`, `Critical` or `None` (nothing), or Python's names.")
     warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        origin = "Broker__Listen"
+        if not v.given("listen"):
+            kestrel = tuple(a for e in (v.kestrel.endpoints.values() if v.kestrel else ()) for a in e.url)
+            origin = "Kestrel__Endpoints" if kestrel else URLS_VARIABLE
+            v.set("listen", kestrel or v.aspnetcore_urls or (DEFAULT_LISTEN,))
+        for i, address in enumerate(v.listen):
+            if any(address.collides(other) for other in v.listen[:i]):
+                v.problems.error(origin, f"{address} is given twice")
+        if v.ops_listen is not None and any(v.ops_listen.collides(a) for a in v.listen):
+            v.error("ops_listen", f"{v.ops_listen} collides with the API listener ({origin}); use another port")
+
+
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_OPS_LISTEN", "Listen", "RedisCacheConfig"]

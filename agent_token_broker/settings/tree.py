@@ -1,7 +1,9 @@
 """Configuration sources flattened into one case-insensitive key tree, ASP.NET Core style.
 
 Keys are split on ``__`` or ``:``; JSON objects nest and JSON arrays become children
-``0``, ``1``, ... A later source overrides an earlier one leaf by leaf.
+``0``, ``1``, ... A later source overrides an earlier one leaf by leaf. ``appsettings.json`` is read
+as ASP.NET Core's JSON provider reads it: UTF-8, or UTF-16/32 with a byte-order mark; ``//`` and
+``/* */`` comments and trailing commas allowed; a key given twice is an error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ KNOWN_SECTIONS = ("AzureAd", "DownstreamApis", "Sidecar", "Broker", "Logging", "
 URLS_VARIABLE = "ASPNETCORE_URLS"
 _KNOWN_TOP = {name.lower() for name in KNOWN_SECTIONS} | {URLS_VARIABLE.lower()}
 _SEPARATOR = re.compile(r"__|:")
+_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/|/\*|\S', re.DOTALL)
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
 
 
 @dataclass
@@ -40,6 +50,43 @@ class Node:
         return node
 
 
+def decode_config(data: bytes) -> str:
+    """The text of a configuration file; raises ValueError naming the encoding problem."""
+    encoding, start = next(((enc, len(bom)) for bom, enc in _BOMS if data.startswith(bom)), ("utf-8", 0))
+    hint = "" if start else "; save it as UTF-8, or as UTF-16 with a byte-order mark"
+    try:
+        text = data[start:].decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid {encoding.upper()} text (byte {exc.start + start}){hint}") from None
+    if encoding == "utf-8" and "\x00" in text:  # UTF-16 without a byte-order mark: UTF-8 with NULs
+        raise ValueError(f"not valid {encoding.upper()} text (NUL at byte {data.index(0)}){hint}")
+    return text
+
+
+def strip_jsonc(text: str) -> str:
+    """Blank out comments and trailing commas (outside strings), keeping every line and column."""
+    out, last, comma = list(text), "", -1  # the previous token; a comma that may be trailing
+    for match in _TOKEN.finditer(text):
+        token, start = match.group(), match.start()
+        if token.startswith("/*") and (len(token) < 4 or not token.endswith("*/")):
+            raise ValueError("unterminated /* comment")
+        if token.startswith(("//", "/*")):
+            out[start : match.end()] = [c if c == "\n" else " " for c in token]
+            continue
+        if token in "}]" and comma >= 0:
+            out[comma] = " "
+        comma, last = (start if token == "," and last not in "{[," else -1), token[0]
+    return "".join(out)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class _Object(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept (so they can be reported)."""
+
+
 class Tree:
     """The merged configuration keys."""
 
@@ -48,7 +95,7 @@ class Tree:
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
-    def set(self, parts: list[str], value: str) -> None:
+    def put(self, parts: list[str], value: str) -> None:
         node = self.root
         for part in parts:
             node = node.ensure(part)
@@ -67,41 +114,50 @@ class Tree:
                         + f" and {URLS_VARIABLE}"
                     )
                 continue
-            self.set(parts, value)
+            self.put(parts, value)
 
     def add_json_file(self, path: str | Path) -> None:
         try:
-            text = Path(path).read_text(encoding="utf-8-sig")
+            text = strip_jsonc(decode_config(Path(path).read_bytes()))
         except OSError as exc:
             self.problems.append(f"--config {path}: cannot read file ({exc.strerror or type(exc).__name__})")
             return
+        except ValueError as exc:
+            self.problems.append(f"--config {path}: {exc}")
+            return
         try:
-            data = json.loads(text)
+            data = json.loads(
+                text, parse_int=str, parse_float=str, parse_constant=_no_constants, object_pairs_hook=_Object
+            )
         except json.JSONDecodeError as exc:
             self.problems.append(f"--config {path}: invalid JSON at line {exc.lineno} column {exc.colno}")
             return
-        if not isinstance(data, dict):
+        except ValueError as exc:
+            self.problems.append(f"--config {path}: {exc}")
+            return
+        if not isinstance(data, _Object):
             self.problems.append(f"--config {path}: the top level must be a JSON object")
             return
-        for key, value in data.items():
+        seen: set[str] = set()
+        for key, value in data:
             if key.lower() not in _KNOWN_TOP:
                 self.warnings.append(f"{key}: section ignored (from {path})")
                 continue
-            self._add_json([key], value)
+            self._add_json([key], value, seen, path)
 
-    def _add_json(self, parts: list[str], value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                self._add_json([*parts, *[p for p in _SEPARATOR.split(str(key)) if p]], item)
+    def _add_json(self, parts: list[str], value: Any, seen: set[str], path: str | Path) -> None:
+        if isinstance(value, _Object):
+            for key, item in value:
+                self._add_json([*parts, *[p for p in _SEPARATOR.split(str(key)) if p]], item, seen, path)
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                self._add_json([*parts, str(index)], item)
-        elif value is None:
-            return
-        elif isinstance(value, bool):
-            self.set(parts, "true" if value else "false")
-        else:
-            self.set(parts, str(value))
+                self._add_json([*parts, str(index)], item, seen, path)
+        elif value is not None:
+            name = "__".join(parts)
+            if name.lower() in seen:
+                self.problems.append(f"--config {path}: {name} is given twice")
+            seen.add(name.lower())
+            self.put(parts, ("true" if value else "false") if isinstance(value, bool) else str(value))
 
 
 def build_tree(

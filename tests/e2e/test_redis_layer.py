@@ -24,7 +24,7 @@ from tests.e2e.redis_helpers import RedisServer, free_port, new_key, redis_serve
 
 __all__ = ["redis_server"]
 
-POLICY = CachePolicy(min_remaining=60, stale_floor=10, jitter_fraction=0.0)
+POLICY = CachePolicy(min_remaining_seconds=60, stale_floor_seconds=10, jitter_fraction=0.0)
 KEY = token_key("agent_app", "tenant", "agent-1", scopes=["https://graph.microsoft.com/.default"])
 
 

@@ -110,7 +110,7 @@ async def test_not_served_below_stale_floor_and_failure_is_remembered() -> None:
 
 
 async def test_retry_after_bounds_negative_cache_and_background_retry() -> None:
-    cache, clock, up, _obs = make(retry_after_cap=120)
+    cache, clock, up, _obs = make(retry_after_cap_seconds=120)
     up.fail = FakeUpstream.transient("throttled", retry_after=30)
     with pytest.raises(AcquireError):
         await cache.get("k", up)

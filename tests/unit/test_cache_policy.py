@@ -36,7 +36,7 @@ def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="refresh_fraction"):
         CachePolicy(refresh_fraction=1.5)
     with pytest.raises(ValueError, match="stale_floor"):
-        CachePolicy(stale_floor=400, min_remaining=300)
+        CachePolicy(stale_floor_seconds=400, min_remaining_seconds=300)
     with pytest.raises(ValueError, match="max_entries"):
         CachePolicy(max_entries=0)
 

@@ -116,7 +116,7 @@ async def test_hot_key_keeps_being_refreshed_and_never_goes_stale() -> None:
 
 
 async def test_stale_wait_serves_old_token_when_refresh_is_slow() -> None:
-    cache, clock, up, obs = make(stale_wait=0.05)
+    cache, clock, up, obs = make(stale_wait_seconds=0.05)
     old = await cache.get("k", up)  # idle: nobody refreshes it ahead
     clock.set(3400)  # 200 s left: below min_remaining (300), above stale floor (60)
     assert cache.peek("k") is None
@@ -131,7 +131,7 @@ async def test_stale_wait_serves_old_token_when_refresh_is_slow() -> None:
 
 
 async def test_stale_wait_returns_new_token_when_refresh_is_quick() -> None:
-    cache, clock, up, obs = make(stale_wait=5)
+    cache, clock, up, obs = make(stale_wait_seconds=5)
     await cache.get("k", up)
     clock.set(3400)
     fresh = await asyncio.wait_for(cache.get("k", up), TIMEOUT)
@@ -140,7 +140,7 @@ async def test_stale_wait_returns_new_token_when_refresh_is_quick() -> None:
 
 
 async def test_stale_wait_raises_definitive_refusal() -> None:
-    cache, clock, up, _obs = make(stale_wait=5)
+    cache, clock, up, _obs = make(stale_wait_seconds=5)
     await cache.get("k", up)
     clock.set(3400)
     up.fail = FakeUpstream.definitive()

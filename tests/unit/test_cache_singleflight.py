@@ -86,7 +86,7 @@ async def test_non_acquire_exception_is_wrapped_as_transient_without_its_text() 
 
 
 async def test_force_refresh_is_rate_limited_per_key() -> None:
-    cache, clock, up, _obs = make(force_refresh_min_interval=10)
+    cache, clock, up, _obs = make(force_refresh_min_interval_seconds=10)
     assert (await cache.get("k", up)).value == "tok-1"
     assert (await cache.get("k", up, force_refresh=True)).value == "tok-2"
     clock.advance(9)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from agent_token_broker.logs import setup_logging
 from agent_token_broker.settings import (
     DEFAULT_SIGNED_ASSERTION_FILE,
     REDACTED,
@@ -363,7 +366,7 @@ def test_effective_config_shape() -> None:
         ("Debug", "DEBUG"),
         ("Trace", "DEBUG"),
         ("Critical", "CRITICAL"),
-        ("None", "CRITICAL"),
+        ("None", "NONE"),
         ("INFO", "INFO"),
     ],
 )
@@ -372,6 +375,22 @@ def test_log_levels_accept_microsoft_names(given: str, level: str) -> None:
         env=env(Logging__LogLevel__Default=given, **{"Logging__LogLevel__Microsoft.AspNetCore": "Warning"})
     )
     assert s.log_level == level
+
+
+def test_log_level_none_logs_nothing_and_critical_still_logs() -> None:
+    """One level table (logs.LEVELS) for settings and logging: Microsoft's None silences even CRITICAL."""
+    root, stream = logging.getLogger(), io.StringIO()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in ("msal", "urllib3", "aiohttp.access")})
+    try:
+        for given, expect_output in (("None", False), ("Critical", True)):
+            setup_logging(load_settings(env=env(Logging__LogLevel__Default=given)).log_level, stream=stream)
+            logging.getLogger("agent_token_broker.test").critical("level check %s", given)
+            assert (f"level check {given}" in stream.getvalue()) is expect_output, stream.getvalue()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_signed_assertion_path_default_aliases_and_federated_token_env() -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from agent_token_broker.api.app import create_api_app, create_ops_app
 from agent_token_broker.api.protocol import ProblemAppRunner
+from agent_token_broker.listeners import BoundListener, ConnectionGuard, ConnectionLimits, bind, serve
 from agent_token_broker.runtime import Runtime
-from agent_token_broker.settings import Listen, Settings
+from agent_token_broker.settings import Settings
 
 log = logging.getLogger("agent_token_broker")
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -28,56 +28,95 @@ class RunningBroker:
     runners: list[web.AppRunner]
     api_urls: list[str]
     ops_url: str | None
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # "api", "ops"
 
 
-async def _start_site(runner: web.AppRunner, listen: Listen, *, socket_mode: int = 0o660) -> str:
-    if listen.kind == "unix":
-        assert listen.path is not None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(listen.path)
-        site: web.BaseSite = web.UnixSite(runner, listen.path)
-        await site.start()
-        os.chmod(listen.path, socket_mode)
-        return f"unix:{listen.path}"
-    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-    await site.start()
-    server = site._server
-    port = listen.port
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        port = sockets[0].getsockname()[1]
-    host = f"[{listen.host}]" if ":" in (listen.host or "") else listen.host
-    return f"http://{host}:{port}"
+def connection_limits(settings: Settings) -> tuple[ConnectionLimits, ConnectionLimits]:
+    """(API, ops) connection limits from ``Broker__Limits__*``."""
+    lim = settings.security.limits
+    api = ConnectionLimits(idle_timeout=lim.idle_timeout_seconds, header_timeout=lim.header_timeout_seconds)
+    ops = ConnectionLimits(
+        idle_timeout=lim.idle_timeout_seconds,
+        header_timeout=lim.header_timeout_seconds,
+        max_connections=lim.ops_max_connections,
+        max_connections_per_peer=lim.ops_max_connections_per_peer,
+        reserve_fds=True,
+    )
+    return api, ops
+
+
+async def _bind_all(settings: Settings) -> list[BoundListener]:
+    """Open every listener's sockets (API listeners first, then ops); all or none."""
+    bound: list[BoundListener] = []
+    try:
+        for listen in settings.listen:
+            bound.append(await bind(listen, listen.key, unix_mode=settings.security.unix_socket_mode))
+        if settings.ops_listen is not None:
+            bound.append(await bind(settings.ops_listen, settings.ops_listen.key))
+    except BaseException:
+        for item in bound:
+            item.close()
+            item.remove_socket_file()
+        raise
+    return bound
+
+
+def _protocol_factory(runner: web.BaseRunner) -> web.Server:
+    server = runner.server  # aiohttp's public protocol factory, after setup()
+    assert server is not None
+    return server
 
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, wait_ready: float | None = None) -> AsyncIterator[RunningBroker]:
-    """Start the broker in the current event loop; stop it (gracefully) on exit."""
-    runtime = await Runtime.create(settings)
-    warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
+    """Start the broker in the current event loop; stop it (gracefully) on exit.
+
+    :raises BindError: a listener cannot be opened (the message names the key and the address).
+    :raises ConfigError: e.g. a trust variable names a missing CA bundle.
+    """
+    bound = await _bind_all(settings)
+    api_bound, ops_bound = bound[: len(settings.listen)], bound[len(settings.listen) :]
+    api_limits, ops_limits = connection_limits(settings)
+    guards = {"api": ConnectionGuard("API", api_limits), "ops": ConnectionGuard("ops", ops_limits)}
     runners: list[web.AppRunner] = []
+    servers: list[asyncio.AbstractServer] = []
+    runtime: Runtime | None = None
+    warm: asyncio.Task[None] | None = None
     try:
+        runtime = await Runtime.create(settings)
+        warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
         api_runner = ProblemAppRunner(
-            create_api_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+            create_api_app(runtime), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **guards["api"].server_kwargs()
         )
         await api_runner.setup()
         runners.append(api_runner)
-        mode = settings.security.unix_socket_mode
-        api_urls = [await _start_site(api_runner, listen, socket_mode=mode) for listen in settings.listen]
+        for item in api_bound:
+            servers += await serve(item, guards["api"], _protocol_factory(api_runner))
         ops_url = None
-        if settings.ops_listen is not None:
-            ops_runner = web.AppRunner(create_ops_app(runtime), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        if ops_bound:
+            ops_runner = web.AppRunner(
+                create_ops_app(runtime), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **guards["ops"].server_kwargs()
+            )
             await ops_runner.setup()
             runners.append(ops_runner)
-            ops_url = await _start_site(ops_runner, settings.ops_listen)
+            servers += await serve(ops_bound[0], guards["ops"], _protocol_factory(ops_runner))
+            ops_url = ops_bound[0].url
         if wait_ready:
             await asyncio.wait_for(runtime.ready_event.wait(), wait_ready)
-        yield RunningBroker(runtime, runners, api_urls, ops_url)
+        yield RunningBroker(runtime, runners, [item.url for item in api_bound], ops_url, guards)
     finally:
-        warm.cancel()
+        for server in servers:
+            server.close()  # stop accepting; open connections are drained below
+        for item in bound:
+            item.close()
+        if warm is not None:
+            warm.cancel()
         for runner in runners:
             await runner.cleanup()
-        await runtime.close()
+        if runtime is not None:
+            await runtime.close()
+        for item in bound:
+            item.remove_socket_file()
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -27,6 +27,7 @@ from aiohttp import web
 from agent_token_broker.api.problems import NO_STORE, retry_after_header
 from agent_token_broker.api.state import RUNTIME
 from agent_token_broker.cache.token import AcquireError
+from agent_token_broker.secretfile import check_secret_file
 from agent_token_broker.settings import ManagedIdentityEndpointConfig
 from agent_token_broker.tokens import Flow, TokenRequest
 
@@ -38,6 +39,7 @@ IDENTITY_HEADER = "X-IDENTITY-HEADER"
 MAX_RESOURCE_LENGTH = 512
 _UNSUPPORTED_IDS = ("principal_id", "object_id", "mi_res_id", "msi_res_id")
 _KNOWN = frozenset({"resource", "api-version", "client_id", *_UNSUPPORTED_IDS})
+SECRET_FILE_KEY = "Broker__ManagedIdentityEndpoint__SecretFile"
 
 
 class IdentityHeaderSecret:
@@ -53,8 +55,10 @@ class IdentityHeaderSecret:
         self._stamp: tuple[int, int] | None = None
         self._value = ""
         if self._fixed is None:
+            check_secret_file(self._path, SECRET_FILE_KEY)  # nobody else may have planted it
             if not self._path.exists():
                 self._generate()
+                check_secret_file(self._path, SECRET_FILE_KEY)
             self._reload()
             if not self._value:
                 raise RuntimeError(f"Broker__ManagedIdentityEndpoint__SecretFile {self._path} is empty")

@@ -14,7 +14,7 @@ from agent_token_broker.credentials.base import (
     CredentialError,
     CredentialSource,
     StatKey,
-    os_reason,
+    read_credential_file,
     stat_key,
 )
 
@@ -41,14 +41,11 @@ class AssertionFile:
             return self._content
 
     def _read(self) -> str:
+        data = read_credential_file(self.path, "signed assertion file")
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                return handle.read().strip()
-        except FileNotFoundError:
-            raise CredentialError(f"{self.path}: signed assertion file not found", transient=True) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
-            raise CredentialError(f"{self.path}: cannot read signed assertion file ({reason})") from None
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise CredentialError(f"{self.path}: cannot read signed assertion file (not UTF-8 text)") from None
 
     def __repr__(self) -> str:
         return f"<AssertionFile {self.path}>"

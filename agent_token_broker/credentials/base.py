@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import Any
+
+from agent_token_broker.fileio import FileTimeout, NotRegularFile, read_file, stat_file
 
 
 class CredentialError(Exception):
@@ -52,12 +53,36 @@ StatKey = tuple[int, int, int, int]
 
 
 def stat_key(path: str) -> StatKey | None:
-    """``(st_mtime_ns, st_size, st_ino, st_dev)`` of ``path`` (following symlinks), or None if missing."""
+    """``(st_mtime_ns, st_size, st_ino, st_dev)`` of ``path`` (following symlinks), or None if missing.
+
+    Bounded in time (a stuck mount must not hang a worker thread, hence shutdown).
+    :raises CredentialError: (transient) when the file system does not answer in time.
+    """
     try:
-        st = os.stat(path)
+        st = stat_file(path)
+    except FileTimeout as exc:
+        raise CredentialError(str(exc), transient=True) from None
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def read_credential_file(path: str, what: str) -> bytes:
+    """The bytes of a credential file, read in a daemon thread with a timeout.
+
+    :raises CredentialError: missing (transient: it may be mounted later), not a regular file
+        (a FIFO would block forever), no answer in time (transient), or unreadable.
+    """
+    try:
+        return read_file(path)
+    except FileNotFoundError:
+        raise CredentialError(f"{path}: {what} not found", transient=True) from None
+    except NotRegularFile:
+        raise CredentialError(f"{path}: {what} is not a regular file (a FIFO, socket or device?)") from None
+    except FileTimeout as exc:
+        raise CredentialError(str(exc), transient=True) from None
+    except OSError as exc:
+        raise CredentialError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
 
 
 def os_reason(exc: OSError) -> str:

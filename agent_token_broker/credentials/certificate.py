@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from agent_token_broker.credentials.base import CredentialError, CredentialSource, os_reason, stat_key
+from agent_token_broker.credentials.base import CredentialSource, read_credential_file, stat_key
 from agent_token_broker.credentials.cert_assertion import CertificateAssertion
 from agent_token_broker.credentials.cert_loader import LoadedCertificate, load_certificate
 from agent_token_broker.settings import Secret
@@ -77,13 +77,7 @@ class CertificateSource(CredentialSource):
 
 
 def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise CredentialError(f"{path}: file not found", transient=True) from None
-    except OSError as exc:
-        raise CredentialError(f"{path}: cannot read ({os_reason(exc)})") from None
+    return read_credential_file(path, "file")
 
 
 __all__ = ["CertificateSource"]

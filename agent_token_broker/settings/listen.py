@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent_token_broker.settings.schema import Warned
@@ -18,6 +18,7 @@ class Listen:
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    key: str = field(default="Broker__Listen", compare=False)  # where it was configured (bind errors)
 
     def __str__(self) -> str:
         if self.kind == "unix":
@@ -47,7 +48,7 @@ class Listen:
 
 
 DEFAULT_LISTEN = Listen("tcp", "127.0.0.1", 5000)
-DEFAULT_OPS_LISTEN = Listen("tcp", "0.0.0.0", 9464)  # noqa: S104 - metrics port, by design
+DEFAULT_OPS_LISTEN = Listen("tcp", "0.0.0.0", 9464, key="Broker__OpsListen")  # noqa: S104 - metrics port, by design
 
 
 class ListenError(ValueError):
@@ -120,4 +121,4 @@ def ops_listen(text: str) -> Listen | None:
     """``Broker__OpsListen``: an address, or ``off`` (also ``none``, ``false``, empty) for none."""
     if text.strip().lower() in ("", "off", "none", "false"):
         return None
-    return parse_listen(text)[0]
+    return replace(parse_listen(text)[0], key="Broker__OpsListen")

@@ -6,6 +6,7 @@ here (and in ``security.py``, ``broker_section.py``) and nowhere else; see ``sch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -191,7 +192,8 @@ class Settings:
         if not v.given("listen"):
             kestrel = tuple(a for e in (v.kestrel.endpoints.values() if v.kestrel else ()) for a in e.url)
             origin = "Kestrel__Endpoints" if kestrel else URLS_VARIABLE
-            v.set("listen", kestrel or v.aspnetcore_urls or (DEFAULT_LISTEN,))
+            chosen = kestrel or v.aspnetcore_urls or (DEFAULT_LISTEN,)
+            v.set("listen", tuple(dataclasses.replace(a, key=origin) for a in chosen))
         for i, address in enumerate(v.listen):
             if any(address.collides(other) for other in v.listen[:i]):
                 v.problems.error(origin, f"{address} is given twice")

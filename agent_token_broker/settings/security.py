@@ -38,6 +38,10 @@ class LimitsConfig:
     cache_miss_burst: int = setting("CacheMissBurst", 100, low=1, high=1_000_000, doc="Burst of that bucket.")
     cache_misses_per_second_per_agent: float = setting("CacheMissesPerSecondPerAgent", 10.0, low=0, high=1e6, low_open=True, doc="The same per agent identity (or the blueprint).")
     cache_miss_burst_per_agent: int = setting("CacheMissBurstPerAgent", 20, low=1, high=1_000_000, doc="Burst of the per-agent bucket.")
+    idle_timeout_seconds: float = setting("IdleTimeoutSeconds", 60.0, low=0, high=3600, low_open=True, doc="Both listeners: a connection with no request in progress (just opened, or kept alive after a response) is closed after this long.")
+    header_timeout_seconds: float = setting("HeaderTimeoutSeconds", 10.0, low=0, high=600, low_open=True, doc="Both listeners: from the first byte of a request head to its end, however slowly it trickles; then 408 `header-timeout` and close.")
+    ops_max_connections: int = setting("OpsMaxConnections", 64, low=1, high=100_000, doc="Open connections on the ops listener; more are answered 503 `too-many-connections` and closed. New ones are also refused while fewer than max(64, RLIMIT_NOFILE/4) file descriptors are left (the API listener keeps them).")
+    ops_max_connections_per_peer: int = setting("OpsMaxConnectionsPerPeer", 8, low=1, high=100_000, doc="Open connections on the ops listener per peer address (503 `too-many-connections` beyond).")
 
 
 @dataclass(frozen=True)

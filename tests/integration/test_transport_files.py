@@ -1,0 +1,129 @@
+"""Issue 15 item 8 (files): the MSI secret file's location, and a certificate read that would hang.
+
+The broker runs for real (in-process, or as a process for the signal test); files are real
+files, directories, FIFOs and ownerships (the ownership cases need root, as CI runs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from agent_token_broker.settings import ConfigError
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
+from tests.integration.conftest import BrokerFactory, base_env
+from tests.support import free_port
+
+CLI = [sys.executable, "-m", "agent_token_broker.cli"]
+KEY = "Broker__ManagedIdentityEndpoint__SecretFile"
+NOBODY = 65534
+
+
+def _msi(path: Path) -> dict[str, str]:
+    return {"Broker__ManagedIdentityEndpoint__Enabled": "true", KEY: str(path)}
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("NOT TESTED: changing file ownership needs root (CI runs as root)")
+
+
+async def test_secret_file_in_a_directory_others_can_write_is_refused(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: anyone could plant or swap the file
+    for planted in (False, True):
+        secret = shared / "identity-header"
+        if planted:
+            secret.write_text("planted-secret-planted-secret\n")
+            secret.chmod(0o600)
+        with pytest.raises(ConfigError) as info:
+            async with broker_factory(**_msi(secret)):
+                pass
+        (line,) = info.value.problems
+        assert line.startswith(f"{KEY}: refusing the secret file {secret}") and "writable by group or others" in line
+        if not planted:
+            assert not secret.exists()  # nothing was generated there
+
+
+async def test_secret_file_planted_by_another_user_is_refused(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, tmp_path: Path
+) -> None:
+    _need_root()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "identity-header").write_text("planted-secret-planted-secret\n")
+    os.chown(theirs / "identity-header", NOBODY, NOBODY)
+    os.chown(theirs, NOBODY, NOBODY)
+    sticky = tmp_path / "sticky"  # like /tmp: a file someone else created there
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "identity-header").write_text("planted-secret-planted-secret\n")
+    os.chown(sticky / "identity-header", NOBODY, NOBODY)
+    for path, why in ((theirs / "identity-header", f"directory {theirs} is owned by uid {NOBODY}"),
+                      (sticky / "identity-header", f"it is owned by uid {NOBODY}")):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            async with broker_factory(**_msi(path)):
+                pass
+        assert why in info.value.problems[0], info.value.problems
+
+
+async def test_secret_file_in_our_private_or_sticky_directory_is_used(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, tmp_path: Path
+) -> None:
+    private = tmp_path / "private" / "identity-header"  # generated, directory created 0700
+    async with broker_factory(**_msi(private)):
+        assert private.read_text().strip()
+    assert (private.parent.stat().st_mode & 0o777) == 0o700
+    sticky = tmp_path / "volume"  # a Kubernetes secret volume: mode 1777, the file ours/root's
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "..data").mkdir(mode=0o755)
+    (sticky / "..data" / "identity-header").write_text("mounted-secret-mounted-secret\n")
+    (sticky / "identity-header").symlink_to("..data/identity-header")
+    async with broker_factory(**_msi(sticky / "identity-header")):
+        pass
+
+
+def test_sigterm_stops_the_broker_while_the_certificate_is_a_fifo(
+    emulator: EmulatorServer, admin: EmulatorAdmin, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "blueprint.pem"
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes: never, here
+    api, ops = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("azuread__", "broker__"))}
+    env.update(base_env(emulator, Broker__Listen=f"127.0.0.1:{api}", Broker__OpsListen=f"127.0.0.1:{ops}"))
+    env.pop("AzureAd__ClientCredentials__0__ClientSecret")
+    env["AzureAd__ClientCredentials__0__SourceType"] = "Path"
+    env["AzureAd__ClientCredentials__0__CertificateDiskPath"] = str(fifo)
+    proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        detail = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "not a regular file" not in detail:
+            try:
+                reply = requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2)
+                assert reply.status_code == 503
+                detail = reply.json()["detail"]
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        assert f"{fifo}: file is not a regular file" in detail, detail  # readiness says why
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert demo.BLUEPRINT_SECRET not in (proc.stderr.read() if proc.stderr else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -47,6 +48,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings | None:
+    """The configuration, with its credential files opened now (one line per problem, then None)."""
+    from agent_token_broker.credentials import check_credentials
     from agent_token_broker.trust import trust_problems
 
     trust = trust_problems(env)  # REQUESTS_CA_BUNDLE / SSL_CERT_FILE
@@ -55,10 +58,11 @@ def _load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Set
     except ConfigError as err:
         _print_config_error(ConfigError([*err.problems, *trust]))
         return None
-    if trust:
-        _print_config_error(ConfigError(trust))
+    problems, warnings = check_credentials(settings.azure_ad, os.environ if env is None else env)
+    if trust or problems:
+        _print_config_error(ConfigError([*problems, *trust]))
         return None
-    return settings
+    return dataclasses.replace(settings, warnings=(*settings.warnings, *warnings))
 
 
 def _print_config_error(err: ConfigError) -> None:

@@ -9,7 +9,7 @@ from agent_token_broker.credentials.base import CredentialError, CredentialSourc
 from agent_token_broker.credentials.cert_assertion import CertificateAssertion
 from agent_token_broker.credentials.certificate import CertificateSource
 from agent_token_broker.credentials.client_secret import ClientSecretSource
-from agent_token_broker.credentials.factory import build_sources
+from agent_token_broker.credentials.factory import build_sources, check_credentials
 from agent_token_broker.credentials.managed_identity import ManagedIdentitySource
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "ManagedIdentitySource",
     "SignedAssertionFileSource",
     "build_sources",
+    "check_credentials",
 ]

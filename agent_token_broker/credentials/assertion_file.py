@@ -55,6 +55,7 @@ class SignedAssertionFileSource(CredentialSource):
     """Returns ``{"client_assertion": AssertionFile}``; the callable re-reads, so ``version()`` is constant."""
 
     source_type = "SignedAssertionFilePath"
+    key = "SignedAssertionFileDiskPath"
 
     def __init__(self, index: int, path: str) -> None:
         self.index = index
@@ -63,6 +64,16 @@ class SignedAssertionFileSource(CredentialSource):
 
     def describe(self) -> str:
         return f"SignedAssertionFilePath {self.path}"
+
+    def preflight(self) -> str | None:
+        """A projected token file (workload identity) may appear after start: missing or empty is a warning."""
+        try:
+            self._assertion()
+        except CredentialError as exc:
+            if not exc.transient:
+                raise
+            return f"{exc}; retrying (a projected token file can appear after the broker starts)"
+        return None
 
     def client_credential(self) -> dict[str, Any]:
         self._assertion()  # fail now, with a clear message, if the file is missing or empty

@@ -16,9 +16,10 @@ class CredentialError(Exception):
     (a network error, a 5xx from the managed-identity endpoint, a file not yet mounted).
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, key: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.key = key  # the credential's configuration key at fault, when not the source's own file
 
 
 class CredentialSource(ABC):
@@ -32,6 +33,7 @@ class CredentialSource(ABC):
 
     index: int
     source_type: str
+    key = ""  # the credential key naming what :meth:`preflight` checks (e.g. ``CertificateDiskPath``)
 
     @abstractmethod
     def describe(self) -> str:
@@ -44,6 +46,14 @@ class CredentialSource(ABC):
     @abstractmethod
     def version(self) -> Hashable:
         """A value that changes whenever the underlying material changes."""
+
+    def preflight(self) -> str | None:
+        """Check at start-up what can be checked now (no network).
+
+        :raises CredentialError: the credential cannot work as configured.
+        :returns: a warning when something is missing that may legitimately appear later.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} #{self.index} {self.describe()}>"

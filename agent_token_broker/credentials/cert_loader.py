@@ -58,36 +58,41 @@ def load_certificate(
         certs = x509.load_pem_x509_certificates(cert_data)
     except ValueError:
         raise CredentialError(f"{name}: no PEM certificate found (expected PEM or PFX)") from None
-    key_source, key_label = (key_data, key_name) if key_data is not None else (cert_data, name)
+    # Errors name the configuration key at fault when it is not CertificateDiskPath (CredentialError.key).
+    key_source, key_label, key_file = (key_data, key_name, "PrivateKeyDiskPath") if key_data is not None else (cert_data, name, None)
     match = _KEY_BLOCK.search(key_source)
     if match is None:
         raise CredentialError(
-            f"{key_label}: no PEM private key found (put it in the same file or set PrivateKeyDiskPath)"
+            f"{key_label}: no PEM private key found (put it in the same file or set PrivateKeyDiskPath)", key=key_file
         )
-    key = _load_pem_key(match.group(0), password, key_label)
-    return _assemble(key, certs, "PEM", name)
+    key = _load_pem_key(match.group(0), password, key_label, key_file)
+    return _assemble(key, certs, "PEM", name, key_file)
 
 
-def _load_pem_key(block: bytes, password: bytes | None, name: str) -> object:
+def _load_pem_key(block: bytes, password: bytes | None, name: str, key_file: str | None) -> object:
     try:
         return serialization.load_pem_private_key(block, password)
     except TypeError:
         if password is None:
-            raise CredentialError(f"{name}: the private key is encrypted; set CertificatePassword") from None
+            raise CredentialError(
+                f"{name}: the private key is encrypted; set CertificatePassword", key="CertificatePassword"
+            ) from None
         # A password was given for an unencrypted key: use the key as it is.
         try:
             return serialization.load_pem_private_key(block, None)
         except (TypeError, ValueError):
-            raise CredentialError(f"{name}: the private key cannot be read") from None
+            raise CredentialError(f"{name}: the private key cannot be read", key=key_file) from None
     except ValueError:
         if password is not None:
             raise CredentialError(
-                f"{name}: cannot decrypt the private key (wrong CertificatePassword?)"
+                f"{name}: cannot decrypt the private key (wrong CertificatePassword?)", key="CertificatePassword"
             ) from None
-        raise CredentialError(f"{name}: the private key is malformed or unsupported") from None
+        raise CredentialError(f"{name}: the private key is malformed or unsupported", key=key_file) from None
 
 
 def _load_pfx(data: bytes, password: bytes | None, name: str) -> LoadedCertificate:
+    if not data.startswith(b"\x30"):  # a PFX is a DER SEQUENCE
+        raise CredentialError(f"{name}: not a certificate file (neither PEM nor PFX/PKCS#12)")
     attempts = [password] if password is not None else [None, b""]
     for attempt in attempts:
         try:
@@ -99,9 +104,12 @@ def _load_pfx(data: bytes, password: bytes | None, name: str) -> LoadedCertifica
         if password is None:
             raise CredentialError(
                 f"{name}: cannot open as PFX (is it password-protected? set CertificatePassword) "
-                "and it is not PEM either"
+                "and it is not PEM either",
+                key="CertificatePassword",
             )
-        raise CredentialError(f"{name}: cannot open PFX (wrong CertificatePassword, or not a PFX/PEM file)")
+        raise CredentialError(
+            f"{name}: cannot open PFX (wrong CertificatePassword, or not a PFX/PEM file)", key="CertificatePassword"
+        )
     if key is None:
         raise CredentialError(f"{name}: the PFX contains no private key")
     certs = ([cert] if cert is not None else []) + list(extra or [])
@@ -110,10 +118,12 @@ def _load_pfx(data: bytes, password: bytes | None, name: str) -> LoadedCertifica
     return _assemble(key, certs, "PFX", name)
 
 
-def _assemble(key: object, certs: list[x509.Certificate], fmt: str, name: str) -> LoadedCertificate:
+def _assemble(
+    key: object, certs: list[x509.Certificate], fmt: str, name: str, key_file: str | None = None
+) -> LoadedCertificate:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise CredentialError(
-            f"{name}: the private key must be RSA (Entra signs client assertions with PS256)"
+            f"{name}: the private key must be RSA (Entra signs client assertions with PS256)", key=key_file
         )
     numbers = key.public_key().public_numbers()
     leaf = next(

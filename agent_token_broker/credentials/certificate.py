@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from agent_token_broker.credentials.base import CredentialSource, read_credential_file, stat_key
+from agent_token_broker.credentials.base import (
+    CredentialError,
+    CredentialSource,
+    read_credential_file,
+    stat_key,
+)
 from agent_token_broker.credentials.cert_assertion import CertificateAssertion
 from agent_token_broker.credentials.cert_loader import LoadedCertificate, load_certificate
 from agent_token_broker.settings import Secret
@@ -20,6 +25,7 @@ class CertificateSource(CredentialSource):
     """
 
     source_type = "Path"
+    key = "CertificateDiskPath"
 
     def __init__(
         self,
@@ -55,14 +61,19 @@ class CertificateSource(CredentialSource):
 
     def load(self) -> LoadedCertificate:
         """Read and parse the file(s) now. :raises CredentialError:"""
-        cert_data = _read(self.path)
-        key_data = _read(self.key_path) if self.key_path else None
+        cert_data = _read(self.path, "CertificateDiskPath")
+        key_data = _read(self.key_path, "PrivateKeyDiskPath") if self.key_path else None
         password = self._password.reveal().encode() if self._password else None
         loaded = load_certificate(
             cert_data, password, name=self.path, key_data=key_data, key_name=self.key_path or ""
         )
         self._format = loaded.format
         return loaded
+
+    def preflight(self) -> str | None:
+        """A mounted certificate is there when the container starts: anything wrong is an error."""
+        self.load()
+        return None
 
     def client_credential(self) -> dict[str, Any]:
         loaded = self.load()
@@ -76,8 +87,12 @@ class CertificateSource(CredentialSource):
         }
 
 
-def _read(path: str) -> bytes:
-    return read_credential_file(path, "file")
+def _read(path: str, key: str) -> bytes:
+    try:
+        return read_credential_file(path, "file")
+    except CredentialError as exc:
+        exc.key = key  # CertificateDiskPath or PrivateKeyDiskPath, for start-up checks
+        raise
 
 
 __all__ = ["CertificateSource"]

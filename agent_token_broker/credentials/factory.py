@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import requests
 
 from agent_token_broker.credentials.assertion_file import SignedAssertionFileSource
-from agent_token_broker.credentials.base import CredentialSource
+from agent_token_broker.credentials.base import CredentialError, CredentialSource
 from agent_token_broker.credentials.certificate import CertificateSource
 from agent_token_broker.credentials.client_secret import ClientSecretSource
 from agent_token_broker.credentials.managed_identity import DEFAULT_TIMEOUT, ManagedIdentitySource
@@ -67,3 +68,23 @@ def build_sources(
         else:
             raise ValueError(f"credential #{cred.index}: unsupported SourceType {cred.source_type!r}")
     return sources
+
+
+def check_credentials(azure_ad: AzureAdConfig, env: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Open every file-based credential now: ``(problems, warnings)``, one line each naming the key.
+
+    For ``serve``, ``dev`` and ``check-config``: a certificate that cannot be used is a problem;
+    a signed-assertion file not there yet is a warning (the broker retries it).
+    """
+    files = tuple(c for c in azure_ad.credentials if c.source_type in ("Path", "SignedAssertionFilePath"))
+    problems: list[str] = []
+    warnings: list[str] = []
+    for source in build_sources(dataclasses.replace(azure_ad, credentials=files), env=env):
+        prefix = f"AzureAd__ClientCredentials__{source.index}__"
+        try:
+            warning = source.preflight()
+        except CredentialError as exc:
+            problems.append(f"{prefix}{exc.key or source.key}: {exc}")
+        else:
+            warnings += [f"{prefix}{source.key}: {warning}"] if warning else []
+    return problems, warnings

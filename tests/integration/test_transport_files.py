@@ -95,31 +95,53 @@ async def test_secret_file_in_our_private_or_sticky_directory_is_used(
         pass
 
 
-def test_sigterm_stops_the_broker_while_the_certificate_is_a_fifo(
-    emulator: EmulatorServer, admin: EmulatorAdmin, tmp_path: Path
-) -> None:
-    fifo = tmp_path / "blueprint.pem"
-    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes: never, here
-    api, ops = free_port(), free_port()
+def _cert_env(emulator: EmulatorServer, path: Path, api: int, ops: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("azuread__", "broker__"))}
     env.update(base_env(emulator, Broker__Listen=f"127.0.0.1:{api}", Broker__OpsListen=f"127.0.0.1:{ops}"))
     env.pop("AzureAd__ClientCredentials__0__ClientSecret")
     env["AzureAd__ClientCredentials__0__SourceType"] = "Path"
-    env["AzureAd__ClientCredentials__0__CertificateDiskPath"] = str(fifo)
-    proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env["AzureAd__ClientCredentials__0__CertificateDiskPath"] = str(path)
+    return env
+
+
+def test_a_fifo_certificate_stops_serve_at_start_without_hanging(emulator: EmulatorServer, tmp_path: Path) -> None:
+    fifo = tmp_path / "blueprint.pem"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: never, here
+    env = _cert_env(emulator, fifo, free_port(), free_port())
+    out = subprocess.run([*CLI, "serve"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        f"config error: AzureAd__ClientCredentials__0__CertificateDiskPath: {fifo}: "
+        "file is not a regular file (a FIFO, socket or device?)"
+    )
+
+
+def test_sigterm_stops_the_broker_after_the_certificate_became_a_fifo(
+    emulator: EmulatorServer, admin: EmulatorAdmin, tmp_path: Path
+) -> None:
+    cert = tmp_path / "blueprint.pem"
+    cert.write_bytes((emulator.state_dir / "blueprint-cert.pem").read_bytes())
+    api, ops = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve"], env=_cert_env(emulator, cert, api, ops), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
-        detail = ""
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "not a regular file" not in detail:
+        while True:
             try:
-                reply = requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2)
-                assert reply.status_code == 503
-                detail = reply.json()["detail"]
+                if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
+                    break
             except requests.ConnectionError:
                 pass
-            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1]
             time.sleep(0.2)
-        assert f"{fifo}: file is not a regular file" in detail, detail  # readiness says why
+        fifo = tmp_path / "next.pem"
+        os.mkfifo(fifo)
+        os.replace(fifo, cert)  # the "rotated" certificate is a FIFO: a plain open() would block forever
+        query = f"AgentIdentity={demo.AGENT_1_ID}&optionsOverride.RequestAppToken=true"
+        reply = requests.get(f"http://127.0.0.1:{api}/AuthorizationHeaderUnauthenticated/graph?{query}", timeout=20)
+        problem = reply.json()  # answered at once, not hung on the FIFO
+        assert problem["errorCode"] == "credential_unavailable" and "not a regular file" in problem["detail"], problem
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -23,7 +23,9 @@ class SharedCacheMetrics:
         )
         self._rejected = Counter(
             f"{PREFIX}_rejected_values",
-            "Stored values not served: tampered, unknown_key (not decryptable), malformed.",
+            "Stored values not served: tampered, unknown_key (not decryptable), malformed, revoked "
+            "(written before a revocation: e.g. an old value put back), epoch_rollback (epoch records "
+            "deleted or rolled back), bad_epoch (an epoch record is not a number).",
             ["reason"], registry=r,
         )  # fmt: skip
         self._locks = Counter(
@@ -41,7 +43,7 @@ class SharedCacheMetrics:
         )
         for result in ("hit", "miss", "unusable", "bypass"):
             self._lookups.labels(result)
-        for reason in ("tampered", "unknown_key", "malformed"):
+        for reason in ("tampered", "unknown_key", "malformed", "revoked", "epoch_rollback", "bad_epoch"):
             self._rejected.labels(reason)
         for state in _STATES:
             self._state.labels(state).set(1 if state == "closed" else 0)

@@ -10,6 +10,15 @@ tenant, agent, user or scope. The naming key comes from the *first* (oldest) key
 so adding a key keeps every name; retiring the first key renames every entry (a
 one-time miss). A sealed value is bound to its name by the GCM associated data, so
 a value copied under another name does not open.
+
+A value is also bound to the *revocation epochs* it was written under (its key's and its
+identities'; see ``shared.py``): they travel in the clear in the header and are part of the
+associated data, so they cannot be edited, and :meth:`KeyRing.open` refuses a value whose
+epochs are older than the current ones (``revoked``: e.g. an old value put back after a
+revocation) or newer (``epoch_rollback``: the epoch records were deleted or rolled back).
+
+Layout (version 2): ``0x02 | key id (4) | nonce (12) | n (1) | n x epoch (8, big endian) |
+ciphertext+tag``. Version 1 values (no epochs) are refused as ``malformed``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import hashlib
 import hmac
 import json
 import os
+import struct
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +41,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["KeyRing", "KeyRingError", "SealError", "load_key_ring", "parse_keys"]
 
-_VERSION = b"\x01"
+_VERSION = b"\x02"
 _KID_LEN = 4
 _NONCE_LEN = 12
 _HEADER = len(_VERSION) + _KID_LEN + _NONCE_LEN
-_AAD_PREFIX = b"agent-token-broker/l2/v1|"
+_AAD_PREFIX = b"agent-token-broker/l2/v2|"
+_EPOCH = struct.Struct(">Q")
+MAX_EPOCHS = 16
 
 
 class KeyRingError(ValueError):
@@ -43,7 +55,8 @@ class KeyRingError(ValueError):
 
 
 class SealError(Exception):
-    """A stored value cannot be opened. ``reason``: ``malformed``, ``unknown_key`` or ``tampered``."""
+    """A stored value cannot be opened. ``reason``: ``malformed``, ``unknown_key``, ``tampered``,
+    ``revoked`` (written under older epochs) or ``epoch_rollback`` (under newer ones)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"shared cache value rejected ({reason})")
@@ -116,22 +129,52 @@ class KeyRing:
         canonical = json.dumps([self._namespace, key], separators=(",", ":"), ensure_ascii=True)
         return hmac.new(self._naming, canonical.encode(), hashlib.sha256).hexdigest()
 
-    def seal(self, name: str, plaintext: bytes) -> bytes:
+    def seal(self, name: str, plaintext: bytes, epochs: Sequence[int] = ()) -> bytes:
+        """Seal ``plaintext`` for ``name``, bound to ``epochs`` (each 0 <= e < 2**64)."""
+        if len(epochs) > MAX_EPOCHS:
+            raise ValueError("too many epochs")
         key = self._keys[-1]
         nonce = os.urandom(_NONCE_LEN)
-        return _VERSION + key.kid + nonce + key.aead.encrypt(nonce, plaintext, _AAD_PREFIX + name.encode())
+        bound = bytes([len(epochs)]) + b"".join(_EPOCH.pack(e) for e in epochs)
+        aad = _AAD_PREFIX + name.encode() + b"|" + bound
+        return _VERSION + key.kid + nonce + bound + key.aead.encrypt(nonce, plaintext, aad)
 
-    def open(self, name: str, blob: bytes) -> bytes:
-        if len(blob) < _HEADER + 16 or blob[:1] != _VERSION:
+    @staticmethod
+    def epochs_of(blob: bytes) -> tuple[int, ...]:
+        """The epochs a value claims (unauthenticated until :meth:`open` succeeds with them)."""
+        if len(blob) < _HEADER + 1 or blob[:1] != _VERSION:
+            raise SealError("malformed")
+        count = blob[_HEADER]
+        if len(blob) < _HEADER + 1 + count * _EPOCH.size:
+            raise SealError("malformed")
+        return tuple(_EPOCH.unpack_from(blob, _HEADER + 1 + i * _EPOCH.size)[0] for i in range(count))
+
+    def open(self, name: str, blob: bytes, epochs: Sequence[int] = ()) -> bytes:
+        """The plaintext of ``blob`` stored under ``name``, if it was sealed under exactly ``epochs``.
+
+        :raises SealError: see the class for the reasons.
+        """
+        if len(blob) < _HEADER + 1 or blob[:1] != _VERSION:
+            raise SealError("malformed")
+        count = blob[_HEADER]
+        start = _HEADER + 1 + count * _EPOCH.size
+        if count != len(epochs) or len(blob) < start + 16:
             raise SealError("malformed")
         key = self._by_kid.get(blob[1 : 1 + _KID_LEN])
         if key is None:
             raise SealError("unknown_key")
         nonce = blob[1 + _KID_LEN : _HEADER]
+        bound = blob[_HEADER:start]
         try:
-            return key.aead.decrypt(nonce, blob[_HEADER:], _AAD_PREFIX + name.encode())
+            plaintext = key.aead.decrypt(nonce, blob[start:], _AAD_PREFIX + name.encode() + b"|" + bound)
         except InvalidTag:
             raise SealError("tampered") from None
+        stored = [_EPOCH.unpack_from(bound, 1 + i * _EPOCH.size)[0] for i in range(count)]
+        if any(s < e for s, e in zip(stored, epochs, strict=True)):
+            raise SealError("revoked")
+        if any(s > e for s, e in zip(stored, epochs, strict=True)):
+            raise SealError("epoch_rollback")
+        return plaintext
 
 
 def load_key_ring(files: Sequence[str], namespace: str = "") -> KeyRing:

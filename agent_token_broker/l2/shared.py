@@ -20,6 +20,7 @@ from cachetools import TTLCache
 from agent_token_broker.cache.policy import CachePolicy, is_servable
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.l2.breaker import BreakerState
+from agent_token_broker.l2.epochs import RevocationEpochs
 from agent_token_broker.l2.observer import CountingObserver
 from agent_token_broker.l2.sealing import KeyRing, SealError
 from agent_token_broker.l2.store import RedisStore
@@ -98,6 +99,7 @@ class SharedTokenCache:
         self._monitor: asyncio.Task[None] | None = None
         # tag -> time of a definitive refusal: older shared tokens of that tag are not served here
         self._revoked: TTLCache[str, float] = TTLCache(_REVOKED_MAX, _REVOKED_TTL)
+        self.epochs = RevocationEpochs(store, keys, prefix, clock=clock)
         self._forgot_all = float("-inf")
 
     # ------------------------------------------------------------------ scope
@@ -146,16 +148,19 @@ class SharedTokenCache:
     ) -> CachedToken:
         name = self.redis_name(key)
         lock_name = name + ":lock"
+        epoch_names = self.epochs.names(name, tags)
         lock_token: str | None = None
         if bypass:
             self.observer.lookup("bypass")
+            ok, _, raw = await self.store.read(name, epoch_names)
+            epochs = (await self.epochs.resolve(epoch_names, raw))[0] if ok else None
         else:
-            found = await self._read(name, current, tags)
+            found, epochs = await self._read(name, epoch_names, current, tags)
             if found is not None:
                 return found
             taken = await self.store.try_lock(lock_name)
             if taken is False:
-                found, lock_token = await self._wait(name, lock_name, current, tags)
+                found, lock_token = await self._wait(name, lock_name, current, tags, epochs)
                 if found is not None:
                     return found
             elif taken is None:
@@ -166,10 +171,13 @@ class SharedTokenCache:
             if lock_token is not None:
                 # Double-checked: another replica may have written the value and released the
                 # lock between our first read and our lock (it then made the Entra request).
-                found = await self._read(name, current, tags, recheck=True)
+                found, rechecked = await self._read(name, epoch_names, current, tags, recheck=True)
                 if found is not None:
                     await self.store.unlock(lock_name, lock_token)
                     return found
+                epochs = rechecked or epochs
+        # ``epochs`` were read before the token is requested: a revocation from now on makes
+        # the value we write stale, as it should (the token may predate the revocation).
         try:
             try:
                 token = await acquire()
@@ -179,8 +187,11 @@ class SharedTokenCache:
                     for tag in err.evict_tags:  # what the L1 evicts too
                         self._revoked[tag] = now
                     await self.store.delete(name)
+                    # Every replica: no older value of this key or of the refused identity opens.
+                    await self.epochs.bump([epoch_names[0], *(self.epochs.tag_name(t) for t in err.evict_tags)])
                 raise
-            await self._write(name, token)
+            if epochs is not None:
+                await self._write(name, token, epoch_names, epochs)
         finally:
             if lock_token is not None:
                 await self.store.unlock(lock_name, lock_token)
@@ -209,9 +220,9 @@ class SharedTokenCache:
         held = current()
         return held is None or token.expires_at > held.expires_at
 
-    def _open(self, name: str, blob: bytes, *, count: bool = True) -> CachedToken | None:
+    def _open(self, name: str, blob: bytes, epochs: tuple[int, ...], *, count: bool = True) -> CachedToken | None:
         try:
-            return decode_token(self.keys.open(name, blob))
+            return decode_token(self.keys.open(name, blob, epochs))
         except SealError as err:
             if count:
                 self.observer.rejected(err.reason)
@@ -221,27 +232,33 @@ class SharedTokenCache:
         return None
 
     async def _read(
-        self, name: str, current: Current, tags: frozenset[str], *, recheck: bool = False
-    ) -> CachedToken | None:
-        """The usable shared token, or None. A ``recheck`` (under the lock, after a first read
-        of the same key) counts only a hit: the first read counted the miss or the rejection."""
-        blob = await self.store.get(name)
+        self, name: str, epoch_names: tuple[str, ...], current: Current, tags: frozenset[str], *, recheck: bool = False
+    ) -> tuple[CachedToken | None, tuple[int, ...] | None]:
+        """``(the usable shared token or None, the current epochs or None)``. A ``recheck``
+        (under the lock, after a first read of the same key) counts only a hit: the first
+        read counted the miss or the rejection."""
+        ok, blob, raw = await self.store.read(name, epoch_names)
+        epochs, rolled_back = await self.epochs.resolve(epoch_names, raw) if ok else (None, False)
         if blob is None:
             if not recheck:
                 self.observer.lookup("miss")
-            return None
-        token = self._open(name, blob, count=not recheck)
+            return None, epochs
+        if epochs is None or rolled_back:
+            if not recheck:
+                self.observer.rejected("bad_epoch" if epochs is None else "epoch_rollback")
+            return None, epochs
+        token = self._open(name, blob, epochs, count=not recheck)
         if token is None:
-            return None
+            return None, epochs
         if not self._usable(token, current, tags):
             if not recheck:
                 self.observer.lookup("unusable")
-            return None
+            return None, epochs
         self.observer.lookup("hit")
-        return token
+        return token, epochs
 
     async def _wait(
-        self, name: str, lock_name: str, current: Current, tags: frozenset[str]
+        self, name: str, lock_name: str, current: Current, tags: frozenset[str], epochs: tuple[int, ...] | None
     ) -> tuple[CachedToken | None, str | None]:
         """Another replica holds the lock: poll for its value at most ``lock_ttl``.
 
@@ -257,8 +274,8 @@ class SharedTokenCache:
             ok, blob, held = await self.store.poll(name, lock_name)
             if not ok:
                 break
-            if blob is not None:
-                token = self._open(name, blob)
+            if blob is not None and epochs is not None:
+                token = self._open(name, blob, epochs)
                 if token is not None and self._usable(token, current, tags):
                     self.observer.lock("waited_hit")
                     return token, None
@@ -272,11 +289,14 @@ class SharedTokenCache:
         self.observer.lock("waited_out")
         return None, None
 
-    async def _write(self, name: str, token: CachedToken) -> None:
+    async def _write(
+        self, name: str, token: CachedToken, epoch_names: tuple[str, ...], epochs: tuple[int, ...]
+    ) -> None:
         ttl_ms = int((token.expires_at - self._clock()) * 1000)
         if ttl_ms <= 0:
             return
-        ok = await self.store.set(name, self.keys.seal(name, encode_token(token)), ttl_ms)
+        sealed = self.keys.seal(name, encode_token(token), epochs)
+        ok = await self.store.set_with_epochs(name, sealed, ttl_ms, epoch_names, self.epochs.ttl_ms)
         self.observer.write("ok" if ok else "failed")
 
     # ------------------------------------------------------------------ health

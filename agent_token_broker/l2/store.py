@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -33,6 +33,18 @@ T = TypeVar("T")
 
 # Delete the lock only if we still own it (a late holder must not free someone else's lock).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# Revocation epochs (see shared.py). BUMP: strictly above the current value and at least the
+# time in ms (so a deleted record comes back higher than any earlier one); garbage counts as 0.
+# INIT: the current value, or the time in ms when there is none.
+_BUMP = (
+    "local v = tonumber(redis.call('get', KEYS[1])) or 0 "
+    "local n = math.max(math.floor(v) + 1, tonumber(ARGV[1])) "
+    "redis.call('set', KEYS[1], string.format('%d', n), 'PX', ARGV[2]) return string.format('%d', n)"
+)
+_INIT = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if not v then v = ARGV[1] redis.call('set', KEYS[1], v, 'PX', ARGV[2]) end return v"
+)
 
 
 def _read_secret_file(path: str | None) -> str | None:
@@ -130,6 +142,67 @@ class RedisStore:
     async def get(self, name: str) -> bytes | None:
         _, value = await self._run("get", lambda: self._client.get(name))
         return value if isinstance(value, bytes) else None
+
+    def _pipeline(self) -> Any:
+        if isinstance(self._client, RedisCluster):
+            return self._client.pipeline()  # splits by slot; no transactions in a cluster
+        return self._client.pipeline(transaction=False)
+
+    async def read(self, name: str, epoch_names: Sequence[str]) -> tuple[bool, bytes | None, list[bytes | None]]:
+        """One round trip: the value and its epoch records. ``(ok, value, epochs)``."""
+
+        async def both() -> list[Any]:
+            pipe = self._pipeline()
+            pipe.get(name)
+            for epoch in epoch_names:
+                pipe.get(epoch)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        ok, result = await self._run("get", both)
+        if not ok or result is None:
+            return False, None, []
+        value, *epochs = result
+        return (
+            True,
+            value if isinstance(value, bytes) else None,
+            [e if isinstance(e, bytes) else None for e in epochs],
+        )
+
+    async def _scripts(self, op: str, script: str, names: Sequence[str], now_ms: int, ttl_ms: int) -> list[bytes] | None:
+        async def run() -> list[Any]:
+            pipe = self._pipeline()
+            for name in names:
+                pipe.eval(script, 1, name, str(now_ms), str(ttl_ms))
+            result: list[Any] = await pipe.execute()
+            return result
+
+        ok, result = await self._run(op, run)
+        if not ok or result is None:
+            return None
+        return [r if isinstance(r, bytes) else str(r).encode() for r in result]
+
+    async def init_epochs(self, names: Sequence[str], now_ms: int, ttl_ms: int) -> list[bytes] | None:
+        """Create missing epoch records (value ``now_ms``); every record's value, or None on error."""
+        return await self._scripts("epoch", _INIT, names, now_ms, ttl_ms)
+
+    async def bump_epochs(self, names: Sequence[str], now_ms: int, ttl_ms: int) -> list[bytes] | None:
+        """Raise each epoch record (a revocation); the new values, or None on error."""
+        return await self._scripts("epoch", _BUMP, names, now_ms, ttl_ms)
+
+    async def set_with_epochs(self, name: str, value: bytes, ttl_ms: int, epoch_names: Sequence[str], epoch_ttl_ms: int) -> bool:
+        """SET the value and keep its epoch records alive at least ``epoch_ttl_ms`` longer."""
+
+        async def run() -> list[Any]:
+            pipe = self._pipeline()
+            pipe.set(name, value, px=ttl_ms)
+            for epoch in epoch_names:
+                pipe.pexpire(epoch, epoch_ttl_ms)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        ok, _ = await self._run("set", run)
+        return ok
 
     async def set(self, name: str, value: bytes, ttl_ms: int) -> bool:
         ok, _ = await self._run("set", lambda: self._client.set(name, value, px=ttl_ms))

@@ -65,9 +65,14 @@ class RedisServer:
         self.proc = None
 
     def values(self) -> dict[bytes, bytes]:
-        """Every cached value (lock keys excluded), raw."""
+        """Every cached value (lock and revocation-epoch records excluded), raw."""
         c = self.client()
-        return {k: c.get(k) for k in c.scan_iter("*") if not k.endswith(b":lock")}  # type: ignore[misc]
+        return {k: c.get(k) for k in c.scan_iter("*") if not k.endswith((b":lock", b":epoch"))}  # type: ignore[misc]
+
+    def epochs(self) -> dict[bytes, bytes]:
+        """Every revocation-epoch record, raw."""
+        c = self.client()
+        return {k: c.get(k) for k in c.scan_iter("*:epoch")}  # type: ignore[misc]
 
 
 @pytest.fixture

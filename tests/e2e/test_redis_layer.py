@@ -156,7 +156,8 @@ async def test_a_definitive_refusal_stops_serving_older_shared_tokens_of_the_rev
             other, shared.wrap(other, up, current=lambda: reader.current(other), tags=tags)
         )
         assert up.calls == 3 and token.acquired_at > 0
-        assert shared.observer.counts["lookup:unusable"] == 1
+        # (refused when opened: the agent's revocation epoch moved, for every replica alike)
+        assert shared.observer.counts["rejected:revoked"] == 1
     finally:
         await writer.aclose()
         await reader.aclose()

@@ -79,10 +79,11 @@ async def test_values_at_rest_reveal_nothing_and_do_not_open_without_the_key(
         ):
             assert secret.encode() not in blob and secret.encode() not in name
         assert b"eyJ" not in blob  # no JWT (base64 JSON) anywhere
+        epochs = KeyRing.epochs_of(blob)  # the revocation epochs it is bound to (in the clear)
         with pytest.raises(SealError):
-            KeyRing([new_key()]).open(name.decode(), blob)  # another key cannot open it
-        assert b"eyJ" in KeyRing([key]).open(name.decode(), blob)  # the right key can
-        expires_at = json.loads(KeyRing([key]).open(name.decode(), blob))["e"]
+            KeyRing([new_key()]).open(name.decode(), blob, epochs)  # another key cannot open it
+        assert b"eyJ" in KeyRing([key]).open(name.decode(), blob, epochs)  # the right key can
+        expires_at = json.loads(KeyRing([key]).open(name.decode(), blob, epochs))["e"]
         ttl = redis_server.client().pttl(name) / 1000
         assert 0 < ttl and abs((expires_at - time.time()) - ttl) < 30  # Redis TTL = token expiry
 
@@ -130,9 +131,9 @@ async def test_key_rotation_old_values_readable_new_writes_use_the_new_key(
         fresh = {n: b for n, b in redis_server.values().items() if n not in written_by_old}
         assert len(fresh) == 2
         for name, blob in fresh.items():
-            KeyRing([new]).open(name.decode(), blob)  # sealed with the newest key
+            KeyRing([new]).open(name.decode(), blob, KeyRing.epochs_of(blob))  # sealed with the newest key
             with pytest.raises(SealError):
-                KeyRing([old]).open(name.decode(), blob)
+                KeyRing([old]).open(name.decode(), blob, KeyRing.epochs_of(blob))
 
 
 async def test_obo_tokens_are_not_shared_by_default(

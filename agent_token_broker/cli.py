@@ -1,12 +1,38 @@
-"""Command line: ``agent-token-broker {serve,dev,emulator,check-config}``."""
+"""Command line: ``agent-token-broker {serve,check-config,healthcheck,dev,emulator}`` and ``--version``."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
+from agent_token_broker import __version__
+
+# The Entra emulator (package ``entra_emulator``) is a developer tool: production images leave it
+# out, and the commands that need it say so in one line instead of failing with a traceback.
+EMULATOR_PACKAGE = "entra_emulator"
+
+
+def emulator_installed() -> bool:
+    try:
+        return importlib.util.find_spec(EMULATOR_PACKAGE) is not None
+    except (ImportError, ValueError):  # a broken or None entry in sys.modules
+        return False
+
+
+def _not_installed(command: str) -> int:
+    print(
+        f"agent-token-broker: the {command!r} command is not installed in this image: it needs the Entra "
+        f"emulator ({EMULATOR_PACKAGE}), which production builds leave out; install from a source checkout "
+        "(pip install -e .) or build the Dockerfile's 'dev' target",
+        file=sys.stderr,
+    )
+    return 2
+
 
 def _emulator(argv: Sequence[str]) -> int:
+    if not emulator_installed():
+        return _not_installed("emulator")
     from entra_emulator.cli import main as emulator_main
 
     return emulator_main(argv)
@@ -19,6 +45,8 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _dev(argv: Sequence[str]) -> int:
+    if not emulator_installed():
+        return _not_installed("dev")
     from agent_token_broker.app_cli import dev_main
 
     return dev_main(argv)
@@ -30,17 +58,33 @@ def _check_config(argv: Sequence[str]) -> int:
     return check_config_main(argv)
 
 
+def _healthcheck(argv: Sequence[str]) -> int:
+    from agent_token_broker.healthcheck import healthcheck_main
+
+    return healthcheck_main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "serve": (_serve, "run the broker"),
+    "check-config": (_check_config, "validate the configuration and print it with secrets redacted"),
+    "healthcheck": (_healthcheck, "exit 0 if the running broker's ops listener answers /healthz, else 1"),
     "dev": (_dev, "run the broker wired to the embedded Entra emulator (demo tenant)"),
     "emulator": (_emulator, "run only the local Entra Agent ID emulator"),
-    "check-config": (_check_config, "validate the configuration and print it with secrets redacted"),
 }
+DEVELOPER_COMMANDS = ("dev", "emulator")
 
 
 def usage() -> str:
-    lines = ["usage: agent-token-broker COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items()]
+    lines = [
+        "usage: agent-token-broker COMMAND [options]",
+        "       agent-token-broker --version",
+        "",
+        "commands:",
+    ]
+    for name, (_, text) in COMMANDS.items():
+        if name in DEVELOPER_COMMANDS and not emulator_installed():
+            text = "(not installed here: the Entra emulator is left out of production builds)"
+        lines.append(f"  {name:<13} {text}")
     lines += ["", "Run 'agent-token-broker COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
@@ -50,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version", "version"):
+        print(f"agent-token-broker {__version__}")
+        return 0
     command = COMMANDS.get(args[0])
     if command is None:
         print(f"agent-token-broker: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)

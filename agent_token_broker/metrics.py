@@ -21,7 +21,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -167,6 +170,13 @@ class _ScrapeTimeCollector(Collector):
             yield family
 
 
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """prometheus_client's process, GC and platform collectors (read at scrape time, no hot-path cost)."""
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
 class BrokerMetrics:
     """The broker's metrics. Also the cache's :class:`~agent_token_broker.cache.observer.CacheObserver`
     and the Entra legs' upstream observer.
@@ -210,6 +220,9 @@ class BrokerMetrics:
             f"{PREFIX}_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )
         build.labels(version, platform.python_version()).set(1)
+        # The standard process_* (CPU, memory, file descriptors, start time), python_gc_* and
+        # python_info series, as prometheus_client's default registry has them, in ours.
+        register_runtime_collectors(r)
 
         # Bound children (hot paths do one dict lookup and one inc()).
         self._routes: dict[str, _RouteChildren] = {}

@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
@@ -23,7 +23,9 @@ from agent_token_broker.l2.breaker import BreakerState
 from agent_token_broker.l2.epochs import RevocationEpochs
 from agent_token_broker.l2.observer import CountingObserver
 from agent_token_broker.l2.sealing import KeyRing, SealError
-from agent_token_broker.l2.store import RedisStore
+
+if TYPE_CHECKING:  # the Redis client is an optional dependency, imported only when the cache is built
+    from agent_token_broker.l2.store import RedisStore
 
 __all__ = ["OBO_FLOWS", "SHARED_FLOWS", "SharedTokenCache", "decode_token", "encode_token"]
 

@@ -72,6 +72,12 @@ class RedisCacheConfig:
     def settle(cls, v: Draft) -> None:
         if v.url is None and not v.sentinel_nodes:
             v.error("url", "required (or SentinelNodes) when Redis keys are set")
+        else:
+            from agent_token_broker.l2 import redis_client_missing  # lazy: an optional dependency
+
+            missing = redis_client_missing()
+            if missing is not None:
+                v.error("url" if v.url is not None else "sentinel_nodes", missing)
         if v.sentinel_nodes and v.cluster:
             v.error("cluster", "cannot be combined with SentinelNodes")
         if not v.encryption_key_files:

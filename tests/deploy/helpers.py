@@ -7,6 +7,7 @@ loudly on anything else, so a test can never pass by reading nothing.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -39,9 +40,10 @@ class Instruction:
 
 @dataclass
 class Stage:
-    base: str
+    base: str  # with ${ARG} replaced by the global ARG's default
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    base_ref: str = ""  # as written, e.g. ${BASE_IMAGE}
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
@@ -52,9 +54,9 @@ class Stage:
         return found[0]
 
 
-def read_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
-    """The Dockerfile's stages with their instructions (continuations joined, comments dropped)."""
-    stages: list[Stage] = []
+def _instructions(path: Path) -> list[Instruction]:
+    """The Dockerfile's instructions (continuations joined, comments dropped)."""
+    instructions: list[Instruction] = []
     pending = ""
     start = 0
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
@@ -71,16 +73,37 @@ def read_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
         text = pending + line
         pending = ""
         keyword, _, args = text.partition(" ")
-        instruction = Instruction(keyword.upper(), args.strip(), start)
+        instructions.append(Instruction(keyword.upper(), args.strip(), start))
+    assert not pending, "Dockerfile ends with a line continuation"
+    return instructions
+
+
+def global_args(path: Path = DOCKERFILE) -> dict[str, str]:
+    """``ARG NAME=default`` lines before the first ``FROM`` (usable in ``FROM``, and in stages that redeclare them)."""
+    args: dict[str, str] = {}
+    for instruction in _instructions(path):
+        if instruction.keyword == "FROM":
+            break
+        assert instruction.keyword == "ARG", f"Dockerfile:{instruction.line}: only ARG may precede FROM"
+        name, sep, value = instruction.args.partition("=")
+        assert sep, f"Dockerfile:{instruction.line}: give a global ARG a default"
+        args[name] = value.strip('"')
+    return args
+
+
+def read_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
+    """The Dockerfile's stages with their instructions; ``FROM ${ARG}`` resolved to the ARG's default."""
+    defaults = global_args(path)
+    stages: list[Stage] = []
+    for instruction in _instructions(path):
         if instruction.keyword == "FROM":
             parts = instruction.args.split()
             name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            assert len(parts) in (1, 3), f"Dockerfile:{start}: unexpected FROM form {instruction.args!r}"
-            stages.append(Stage(parts[0], name))
-        else:
-            assert stages, f"Dockerfile:{start}: {keyword} before FROM"
+            assert len(parts) in (1, 3), f"Dockerfile:{instruction.line}: unexpected FROM form {instruction.args!r}"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], parts[0])
+            stages.append(Stage(base, name, base_ref=parts[0]))
+        elif stages:
             stages[-1].instructions.append(instruction)
-    assert not pending, "Dockerfile ends with a line continuation"
     return stages
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from agent_token_broker.healthcheck import ops_listener
 from agent_token_broker.settings import (
     DEFAULT_SIGNED_ASSERTION_FILE,
     ConfigError,
@@ -103,9 +104,12 @@ def test_ports_and_probes_match_the_broker() -> None:
 def test_dockerfile_ops_port_matches_the_broker() -> None:
     stage = runtime_stage()
     assert stage.one("EXPOSE").args == str(DEFAULT_OPS_LISTEN.port)
+    # HEALTHCHECK runs the broker's own probe, which reads Broker__OpsListen as serve does and
+    # defaults to the same listener (tests/integration/test_healthcheck.py runs it).
     _, command = healthcheck(stage)
-    assert f"':{DEFAULT_OPS_LISTEN.port}'" in command[2], "HEALTHCHECK's default port is the ops default"
-    assert "'Broker__OpsListen'" in command[2], "HEALTHCHECK follows Broker__OpsListen"
+    assert command[1:] == ["healthcheck"]
+    assert ops_listener({}, None, {}) == DEFAULT_OPS_LISTEN
+    assert ops_listener({"BROKER__OPSLISTEN": "127.0.0.1:9999"}, None, {}) == Listen("tcp", "127.0.0.1", 9999)
 
 
 def test_compose_broker_env_is_accepted_and_wired_to_the_emulator() -> None:
@@ -133,6 +137,9 @@ def test_compose_broker_env_is_accepted_and_wired_to_the_emulator() -> None:
     assert settings.listen[0].host == "127.0.0.1" and settings.ops_listen == DEFAULT_OPS_LISTEN
     assert f"127.0.0.1:{DEFAULT_OPS_LISTEN.port}:{DEFAULT_OPS_LISTEN.port}" in emulator["ports"]
     assert broker["command"] == ["serve"]
+    # The emulator exists only in the Dockerfile's dev target; broker and agent run the production image.
+    assert emulator["build"]["target"] == "dev" and emulator["image"] != broker["image"]
+    assert "target" not in broker["build"] and agent["image"] == broker["image"]
     assert agent["environment"]["AGENT_IDENTITY"] in (demo.AGENT_1_ID, demo.AGENT_2_ID)
 
 

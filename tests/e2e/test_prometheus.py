@@ -8,6 +8,8 @@ Needs the Debian package ``prometheus`` (``/usr/bin/prometheus``, ``/usr/bin/pro
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,12 +17,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.settings import load_settings
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
+from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
 from tests.integration.conftest import make_settings
 from tests.support import free_port, require_binary
+
+__all__ = ["redis_server"]
+ROOT = Path(__file__).resolve().parents[2]
 
 UNAUTH_ROUTE = "/AuthorizationHeaderUnauthenticated/{api}"
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
@@ -202,3 +210,80 @@ def test_example_scrape_config_and_alert_rules_are_valid() -> None:
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
         result = subprocess.run([promtool, *args], cwd=deploy, capture_output=True, timeout=30, check=False)
         assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+def test_alert_rules_fire_on_exported_series() -> None:
+    """``promtool test rules``: each example alert fires on the series (names as exported) it watches."""
+    promtool = require_binary("promtool", "prometheus")
+    tests = Path(__file__).with_name("alerts_test.yml")
+    result = subprocess.run(
+        [promtool, "test", "rules", tests.name],
+        cwd=tests.parent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    spec = yaml.safe_load(tests.read_text())
+    tested = {case["alertname"] for group in spec["tests"] for case in group["alert_rule_test"]}
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+    new_rules = {
+        r["alert"]
+        for g in rules
+        for r in g["rules"]
+        if "shared_cache" in r["expr"] or "process_" in r["expr"]
+    }
+    assert new_rules and new_rules <= tested, sorted(new_rules - tested)
+
+
+def _grafana_to_promql(expr: str) -> str:
+    """A dashboard query as Grafana sends it: variables replaced by their "All" value and a rate window."""
+    return expr.replace("$namespace", ".*").replace("$pod", ".*").replace("$__rate_interval", "1m")
+
+
+async def test_dashboard_and_alert_queries_evaluate_against_a_broker_with_the_shared_cache(
+    emulator: EmulatorServer, admin: EmulatorAdmin, redis_server: RedisServer, prometheus_binary: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A real Prometheus scrapes a broker that uses a real Redis: every dashboard panel's and every alert's
+    query is valid PromQL there, and the shared-cache, breaker, process and GC panels show data."""
+    keys = [write_key_file(tmp_path / "key", new_key())]
+    settings = load_settings(env=redis_env(emulator, redis_server, keys))
+    panels = json.loads((ROOT / "deploy/grafana/dashboard.json").read_text())["panels"]
+    queries = {f"panel {p['title']!r}": [t["expr"] for t in p.get("targets", [])] for p in panels}
+    for group in yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            queries[f"alert {rule['alert']}"] = [rule["expr"]]
+    must_show_data = re.compile(
+        r"Shared cache (circuit breaker|lookups|writes)|Cross-replica|Resident memory|CPU|GC"
+    )
+    async with running(settings, wait_ready=30.0) as broker, aiohttp.ClientSession() as http:
+        assert broker.ops_url is not None and broker.runtime.shared_cache is not None
+        for _ in range(3):  # a miss (L2 miss, lock, write) then hits
+            async with http.get(
+                f"{broker.api_urls[0]}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={A1}"
+            ) as r:
+                assert r.status == 200, await r.text()
+        server = PrometheusServer(prometheus_binary, tmp_path, broker.ops_url.removeprefix("http://"))
+        server.start()
+        try:
+            await server.wait_ready(http)
+            # Two scrapes after the traffic, so rate() over the panels' window has points.
+            await server.wait_for(
+                http, 'count_over_time(agent_token_broker_shared_cache_writes_total{result="ok"}[1m]) >= bool 2', 1
+            )
+            await server.wait_for(http, 'agent_token_broker_shared_cache_circuit_state{state="closed"}', 1)
+            empty = []
+            for where, exprs in queries.items():
+                for expr in exprs:
+                    async with http.get(
+                        server.url + "/api/v1/query", params={"query": _grafana_to_promql(expr)}
+                    ) as resp:
+                        body = await resp.json()
+                    assert resp.status == 200 and body["status"] == "success", (where, expr, body)
+                    if must_show_data.search(where) and not body["data"]["result"]:
+                        empty.append(where)
+            assert not empty, f"no data for {empty}"
+            assert sum(bool(must_show_data.search(w)) for w in queries) >= 7
+        finally:
+            server.stop()

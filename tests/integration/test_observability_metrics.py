@@ -10,9 +10,12 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent_token_broker import __version__
 from agent_token_broker.cache.token import CachedToken
+from agent_token_broker.l2.metrics import SharedCacheMetrics
 from agent_token_broker.metrics import BrokerMetrics
 from agent_token_broker.server import RunningBroker
 from agent_token_broker.tokens import Flow, TokenRequest
@@ -58,7 +61,7 @@ async def test_metrics_count_requests_cache_and_upstream(
     assert value(text, "upstream_in_flight") == 0
     assert value(text, "ready") == 1
     assert value(text, "credential_ready") == 1 and value(text, "authority_ready") == 1
-    assert value(text, "build_info", version="0.1.0", python=_python()) == 1
+    assert value(text, "build_info", version=__version__, python=_python()) == 1
     assert (P + "token_earliest_expiry_seconds") in text  # family present, no sample yet
 
     for _ in range(3):
@@ -177,7 +180,9 @@ async def test_series_stay_bounded_under_100k_distinct_agent_and_user_keys(
 
 
 ROOT = Path(__file__).resolve().parents[2]
-_NAME = re.compile(r"agent_token_broker_[a-z_]+[a-z]")
+# Names our files may use: the broker's own (with the shared cache's) and prometheus_client's
+# process/GC/platform collectors registered on the broker's registry.
+_NAME = re.compile(r"\b(?:agent_token_broker|process|python)_[a-z_]+[a-z](?![\w*])")
 _SUFFIXES = ("_bucket", "_count", "_sum")
 
 
@@ -188,13 +193,24 @@ def _family(name: str) -> str:
     return name
 
 
-def test_docs_dashboard_and_alerts_name_only_exported_metrics_and_docs_cover_all() -> None:
+def exported_names() -> set[str]:
+    """Every sample name a broker with the shared cache configured exports."""
     metrics = BrokerMetrics(["/AuthorizationHeader/{api}"])
     metrics.next_expiry = lambda: time.time() + 100
-    exported = {
-        s.name for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
-    }
+    shared = SharedCacheMetrics(metrics.registry)  # what the runtime registers when Redis is configured
+    # Series whose labels appear on first use: one of each, so their names are exported too.
+    shared.lock("acquired")
+    shared.write("ok")
+    shared.error("get")
+    shared.skipped("get")
+    return {s.name for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples}
+
+
+def test_docs_dashboard_and_alerts_name_only_exported_metrics_and_docs_cover_all() -> None:
+    exported = exported_names()
     families = {_family(n) for n in exported}
+    assert {"process_resident_memory_bytes", "python_gc_collections_total", "python_info"} <= exported
+    assert "agent_token_broker_shared_cache_circuit_state" in exported
     docs = (ROOT / "docs/metrics.md").read_text()
     dashboard = (ROOT / "deploy/grafana/dashboard.json").read_text()
     alerts = (ROOT / "deploy/prometheus/alerts.yml").read_text()
@@ -205,3 +221,31 @@ def test_docs_dashboard_and_alerts_name_only_exported_metrics_and_docs_cover_all
         unknown = {n for n in _NAME.findall(text) if n not in exported and _family(n) not in families}
         assert not unknown, (source, unknown)
     assert len(_NAME.findall(dashboard)) >= 15
+
+
+def _panel_exprs() -> dict[str, list[str]]:
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboard.json").read_text())
+    return {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in dashboard["panels"]}
+
+
+def test_dashboard_and_alerts_cover_the_shared_cache_its_breaker_and_the_process() -> None:
+    """Every shared-cache family has a panel; the breaker, Redis errors and tampering have alerts."""
+    exported = exported_names()
+    panels = _panel_exprs()
+    used = {_family(n) for exprs in panels.values() for e in exprs for n in _NAME.findall(e)}
+    shared = {_family(n) for n in exported if n.startswith("agent_token_broker_shared_cache_")}
+    assert len(shared) == 7 and shared <= used, sorted(shared - used)
+    for family in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                   "python_gc_collections_total"):  # fmt: skip
+        assert family in used, family
+    breaker = [t for t, exprs in panels.items() if any("shared_cache_circuit_state" in e for e in exprs)]
+    assert breaker, "no circuit breaker panel"
+    rules = {
+        r["alert"]: r["expr"]
+        for g in yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    alerted = " ".join(rules.values())
+    for needle in ('circuit_state{state="open"}', "shared_cache_errors_total", "tampered", "unknown_key",
+                   "process_open_fds"):  # fmt: skip
+        assert needle in alerted, needle

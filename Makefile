@@ -26,4 +26,4 @@ test: lint
 	./scripts/run-tests $(BIN)/python
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache

@@ -52,7 +52,7 @@ def _redact_userinfo(url: str | None) -> str | None:
 class RedisCacheConfig:
     """``Broker__Cache__Redis__*``: the optional shared L2 token cache (see docs/shared-cache.md)."""
 
-    url: str | None = setting("Url", None, parse=checks.redis_url, show=_redact_userinfo, values_doc="`redis://`, `rediss://`, `unix://`", doc="Enables the shared L2 cache ([shared-cache.md](shared-cache.md)); `rediss://` is TLS; with `Cluster`, a seed node. A password in it is redacted.")
+    url: str | None = setting("Url", None, parse=checks.redis_url, show=_redact_userinfo, values_doc="`redis://`, `rediss://`, `unix://`", doc="Enables the shared L2 cache ([shared-cache.md](shared-cache.md)); `rediss://` is TLS; with `Cluster`, a seed node. A password in it is redacted. Needs the Redis client: the `redis` extra, or the image built with `--build-arg EXTRAS=redis`.")
     cluster: bool = setting("Cluster", False, doc="Redis Cluster (redis-py `RedisCluster`) instead of a standalone server.")
     sentinel_nodes: tuple[str, ...] = setting("SentinelNodes", (), parse=checks.host_port, split=r"[,\s]+", values_doc="`host:port`, comma-separated", doc="Sentinel mode: the Sentinels to ask for the master (TLS to it when `Url` is `rediss://`).")
     sentinel_service: str = setting("SentinelService", "mymaster", doc="The Sentinel master (service) name.")

@@ -40,11 +40,22 @@ MMDEBSTRAP_TIMEOUT = 600.0
 BUILD_TIMEOUT = 900.0
 
 
+_SECONDS = {"total": 0.0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid.startswith("tests/image/"):
+        _SECONDS["total"] += report.duration  # setup (base, build, container), call, teardown
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if REPORT:
         terminalreporter.section("container image")
         for line in REPORT:
             terminalreporter.write_line(line)
+        terminalreporter.write_line(
+            f"image tests: {_SECONDS['total']:.0f}s in total (base, build, container, checks)"
+        )
 
 
 def _dockerfile_base() -> str:

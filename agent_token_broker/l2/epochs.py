@@ -26,11 +26,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
 from agent_token_broker.l2.sealing import KeyRing
-from agent_token_broker.l2.store import RedisStore
+
+if TYPE_CHECKING:  # the Redis client is an optional dependency (the ``redis`` extra)
+    from agent_token_broker.l2.store import RedisStore
 
 __all__ = ["EPOCH_TTL_SECONDS", "RevocationEpochs"]
 

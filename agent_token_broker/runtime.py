@@ -20,12 +20,11 @@ from agent_token_broker.metrics import BrokerMetrics
 from agent_token_broker.outbound import OutboundSessions
 from agent_token_broker.readiness import Readiness, ReadinessState, UpstreamMonitor
 from agent_token_broker.settings import DownstreamApiConfig, Settings
-from agent_token_broker.tokens import TokenRequest, TokenService
+from agent_token_broker.tokens import TokenService
 from agent_token_broker.trust import TrustStore
 from agent_token_broker.validation import InboundValidator
 
 log = logging.getLogger("agent_token_broker")
-REQUEST_MEMO_SIZE = 16384  # covers the identities a sidecar serves; ~0.6 KiB each
 PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
 
 
@@ -44,11 +43,6 @@ class Runtime:
     readiness: Readiness
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
-    # Accepted unauthenticated requests: (API name, raw query) -> (TokenRequest, cache key or None),
-    # at most REQUEST_MEMO_SIZE entries (see api/routes.py).
-    request_memo: dict[tuple[str, str], tuple[TokenRequest, tuple[object, ...] | None]] = field(
-        default_factory=dict
-    )
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
 

@@ -31,6 +31,10 @@ class Flow(StrEnum):
     AGENT_USER = "agent_user"  # the agent's own user account (user_fic)
     BLUEPRINT_APP = "blueprint_app"  # the blueprint's own app token
     BLUEPRINT_OBO = "blueprint_obo"  # the blueprint's own OBO token
+    # The blueprint's exchange token for an agent (leg 1, T1): what MSAL-based Agents SDKs call
+    # the "agentic application token". Only for an API whose configured scope is the exchange
+    # audience (never a caller-chosen scope); shares the T1 cache entry.
+    BLUEPRINT_FMI = "blueprint_fmi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,8 @@ class TokenService:
         """
         tenant = self._tenant(req.tenant)
         client = req.agent or self.legs.blueprint_id
+        if req.flow is Flow.BLUEPRINT_FMI:
+            return token_key("t1", tenant, client)
         if req.flow is Flow.AGENT_USER:
             user = f"upn:{req.username}" if req.username else f"oid:{req.user_object_id}"
             return token_key(req.flow.value, tenant, client, user=user, scopes=req.scopes)
@@ -167,6 +173,11 @@ class TokenService:
         scopes: Sequence[str] = req.scopes
         cid = req.correlation_id
         legs = self.legs
+        if req.flow is Flow.BLUEPRINT_FMI:
+            assert req.agent is not None
+            return await legs.blueprint_token(
+                [EXCHANGE_SCOPE], tenant=tenant, fmi_path=req.agent, claims=req.claims, correlation_id=cid
+            )
         if req.flow is Flow.BLUEPRINT_APP:
             return await legs.blueprint_token(scopes, tenant=tenant, claims=req.claims, correlation_id=cid)
         if req.flow is Flow.BLUEPRINT_OBO:

@@ -9,13 +9,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent_token_broker.api.admin import add_admin_routes
 from agent_token_broker.api.downstream import add_downstream_routes
+from agent_token_broker.api.gate import TokenGate
 from agent_token_broker.api.guards import guard_middleware, start_guards, stop_guards
 from agent_token_broker.api.middleware import errors_middleware
 from agent_token_broker.api.msi import add_msi_routes
 from agent_token_broker.api.observe import bind_routes, observe_middleware
 from agent_token_broker.api.openapi import openapi_document
+from agent_token_broker.api.refusals import RefusalLog
 from agent_token_broker.api.routes import add_routes
-from agent_token_broker.api.state import RUNTIME
+from agent_token_broker.api.state import GATE, REFUSALS, RUNTIME
 from agent_token_broker.runtime import Runtime
 
 API_MAX_BODY = 64 * 1024
@@ -28,6 +30,8 @@ def create_api_app(runtime: Runtime) -> web.Application:
         client_max_size=API_MAX_BODY,
     )
     app[RUNTIME] = runtime
+    app[GATE] = TokenGate(runtime)
+    app[REFUSALS] = RefusalLog()
     app.on_startup.append(start_guards)
     app.on_cleanup.append(stop_guards)
     add_routes(app)

@@ -1,7 +1,7 @@
 """``POST /DownstreamApi/{api}`` and ``POST /DownstreamApiUnauthenticated/{api}``.
 
-The token is chosen exactly as on the header routes (shared functions in
-:mod:`agent_token_broker.api.routes`), then the configured API is called and its answer
+The token comes from the same choke point as on the header routes
+(:meth:`agent_token_broker.api.gate.TokenGate.token`), then the configured API is called and its answer
 wrapped as Microsoft's sidecar does: ``{"statusCode","headers","content"}`` with
 an outer 200 whatever the downstream status. A downstream 401 carrying a CAE
 claims challenge drops the rejected token, acquires a new one with the claims
@@ -10,30 +10,24 @@ and retries once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
 from aiohttp import web
 
 from agent_token_broker.api.downstream_http import DownstreamResult, build_call, claims_challenge, send
-from agent_token_broker.api.params import ParsedQuery, parse_query_string
+from agent_token_broker.api.gate import Challenge
+from agent_token_broker.api.params import Family, parse_query_string
+from agent_token_broker.api.policy import Route
 from agent_token_broker.api.problems import NO_STORE, ProblemError
-from agent_token_broker.api.routes import (
-    acquire_problem,
-    authenticated_token_request,
-    unauthenticated_token_request,
-)
-from agent_token_broker.api.state import RUNTIME
-from agent_token_broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.api.routes import bearer_token
+from agent_token_broker.api.state import GATE, RUNTIME
+from agent_token_broker.cache.token import CachedToken
 from agent_token_broker.runtime import Runtime
 from agent_token_broker.settings import DownstreamApiConfig
-from agent_token_broker.tokens import TokenRequest
 
 log = logging.getLogger("agent_token_broker.api.downstream")
 
-ROUTE_CALL = "CallDownstreamApi"
-ROUTE_CALL_UNAUTH = "CallDownstreamApiUnauthenticated"
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **NO_STORE}
 
 
@@ -44,18 +38,10 @@ def _configured_api(runtime: Runtime, api: str) -> DownstreamApiConfig:
             400,
             f"the API '{api}' has no base URL: configure DownstreamApis__{api}__BaseUrl",
             slug="no-base-url",
+            title=f"no BaseUrl configured for API: {api}",
+            config_key=f"DownstreamApis__{api}__BaseUrl",
         )
     return config
-
-
-def _check_call_overrides(runtime: Runtime, route: str, query: ParsedQuery) -> None:
-    if query.downstream and not runtime.settings.sidecar.allow_overrides.get(route, False):
-        raise ProblemError(
-            400,
-            f"optionsOverride request options are not allowed on this route "
-            f"(set Sidecar__AllowOverrides__{route}=true to allow)",
-            slug="override-not-allowed",
-        )
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -76,59 +62,21 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(data)
 
 
-async def _token(runtime: Runtime, req: TokenRequest) -> CachedToken:
-    token = runtime.tokens.peek(req)
-    if token is not None:
-        return token
-    try:
-        return await runtime.tokens.get(req)
-    except AcquireError as err:
-        raise acquire_problem(err) from None
-
-
-async def _token_for_claims(
-    runtime: Runtime, req: TokenRequest, rejected: CachedToken, claims: str
-) -> CachedToken | None:
-    """A token to retry with after ``rejected`` drew a claims challenge, or None if none can be had.
-
-    The rejected token is evicted (unless a concurrent call already replaced it), so the
-    token acquired with the claims takes its place for every later request.
-    """
-    key = runtime.tokens.key_for(req)
-    current = runtime.cache.peek(key)
-    if current is not None and current.value != rejected.value:
-        return current  # a concurrent challenge already replaced it
-    runtime.cache.evict(key)
-    try:
-        return await runtime.tokens.get(dataclasses.replace(req, claims=claims, force_refresh=False))
-    except AcquireError as err:
-        log.warning(
-            "could not acquire a token satisfying the downstream API's claims challenge "
-            "(error %s, correlation %s); returning the API's 401",
-            err.error_code,
-            err.correlation_id,
-        )
-        return None
-
-
 def _authorization(token: CachedToken) -> str:
     return f"{token.meta.get('token_type', 'Bearer')} {token.value}"
 
 
 async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
     runtime = request.app[RUNTIME]
-    query = parse_query_string(request.rel_url.raw_query_string)
-    route = ROUTE_CALL if authenticated else ROUTE_CALL_UNAUTH
-    if authenticated:
-        req = await authenticated_token_request(request, runtime, query, route=route)
-    else:
-        req = unauthenticated_token_request(request, runtime, query, route=route)
+    gate = request.app[GATE]
+    query = parse_query_string(request.rel_url.raw_query_string, Family.DOWNSTREAM)
+    route = Route.CALL if authenticated else Route.CALL_UNAUTH
+    bearer = bearer_token(request) if authenticated else None
     api = request.match_info["api"]
     config = _configured_api(runtime, api)
-    _check_call_overrides(runtime, route, query)
     limits = runtime.settings.downstream
     body = await _read_body(request, limits.max_request_bytes)
-    call = build_call(config, query.downstream, request.headers.get("Content-Type"), body)
+    call = build_call(config, query.call_overrides, request.headers.get("Content-Type"), body)
 
     async def attempt(token: CachedToken) -> DownstreamResult:
         return await send(
@@ -141,15 +89,28 @@ async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
             allow_redirects=runtime.settings.sidecar.allow_outbound_redirects,
         )
 
-    token = await _token(runtime, req)
+    # The call is built (and its options validated) first, so a malformed one costs Entra nothing;
+    # the gate then applies the policy (overrides, allow-lists, the token's audience) and acquires.
+    token = await gate.token(route, api, query, bearer=bearer)
     used = [token.value]
     result = await attempt(token)
     if result.status == 401:
         claims = claims_challenge(result.header_values("WWW-Authenticate"))
         if claims is not None:
             log.info("downstream API '%s' sent a claims challenge; retrying once with a new token", api)
-            retry_token = await _token_for_claims(runtime, req, token, claims)
-            if retry_token is not None:
+            try:
+                retry_token = await gate.token(
+                    route, api, query, bearer=bearer, challenge=Challenge(claims, token.value)
+                )
+            except ProblemError as err:
+                log.warning(
+                    "could not acquire a token satisfying the downstream API's claims challenge "
+                    "(%s; error %s, correlation %s); returning the API's 401",
+                    err.title,
+                    err.extensions.get("errorCode"),
+                    err.extensions.get("correlationId"),
+                )
+            else:
                 used.append(retry_token.value)
                 result = await attempt(retry_token)
     body_json = json.dumps(result.as_json(used))

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import HttpVersion10, hdrs, web
 
 from agent_token_broker.api.deadlines import Deadlines
-from agent_token_broker.api.limits import CURRENT_MISS_LIMITER, InFlight, MissLimiter
+from agent_token_broker.api.limits import InFlight
 from agent_token_broker.api.problems import ProblemError, retry_after_header
 from agent_token_broker.api.state import RUNTIME
 from agent_token_broker.settings import Settings
@@ -31,6 +31,9 @@ from agent_token_broker.settings.security import IPNetwork
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXEMPT_PATHS = frozenset({"/healthz"})
+# Routes with a secret header of their own (the managed-identity endpoint's X-IDENTITY-HEADER,
+# which Azure SDKs send and which no page or SSRF can forge): no Broker__RequireHeader there.
+OWN_SECRET_PATHS = frozenset({"/msi/token"})
 # RFC 3986 pchar minus '%' (no percent-encoding at all: every route and API name is plain ASCII).
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 API_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?")
@@ -46,7 +49,6 @@ class GuardState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.in_flight = InFlight(settings.security.limits)
-        self.misses = MissLimiter(settings.security.limits)
         self.deadlines = Deadlines(settings.security.limits.request_timeout_seconds)
 
 
@@ -285,8 +287,11 @@ def check_required_header(request: web.Request, settings: Settings) -> None:
     if value is None or not hmac.compare_digest(value.strip().encode(), required.value.encode()):
         raise ProblemError(
             400,
-            f"this broker requires the request header '{required.name}: {required.value}'",
+            f"this broker requires the request header '{required.name}: {required.value}' "
+            "(Broker__RequireHeader__*; on by default in strict mode)",
             slug="missing-required-header",
+            title=f"required request header missing: {required.name}",
+            config_key="Broker__RequireHeader__Enabled",
         )
 
 
@@ -310,10 +315,10 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         if flagged:
             check_signals(request)
         check_host(request, settings, unix)
-        check_required_header(request, settings)
+        if request.path not in OWN_SECRET_PATHS:
+            check_required_header(request, settings)
     caller = caller_key(request, unix)
     state.in_flight.enter(caller)
-    token = CURRENT_MISS_LIMITER.set(state.misses)
     task = asyncio.current_task()
     deadlines = state.deadlines
     if task is not None:
@@ -330,5 +335,4 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         if task is not None:
             deadlines.leave(task)
-        CURRENT_MISS_LIMITER.reset(token)
         state.in_flight.leave(caller)

@@ -7,7 +7,6 @@ bucket table is bounded, so a flood of distinct agent ids cannot grow memory.
 
 from __future__ import annotations
 
-import contextvars
 import math
 import time
 from collections import OrderedDict
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 
 from agent_token_broker.api.problems import ProblemError, retry_after_header
 from agent_token_broker.settings.security import LimitsConfig
-from agent_token_broker.tokens import TokenRequest
 
 MAX_AGENT_BUCKETS = 10_000
 MAX_RECENT_KEYS = 10_000
@@ -156,16 +154,3 @@ class InFlight:
         else:
             self._by_caller[caller] = left
 
-
-# The limiter of the API app serving the current request (set by the guard middleware),
-# so that any route that ends in a cache miss (serve_token) is limited without plumbing.
-CURRENT_MISS_LIMITER: contextvars.ContextVar[MissLimiter | None] = contextvars.ContextVar(
-    "broker_miss_limiter", default=None
-)
-
-
-def admit_cache_miss(req: TokenRequest, cache_key: Hashable | None = None) -> None:
-    """Called right before a token request goes to the cache's slow path (may reach Entra)."""
-    limiter = CURRENT_MISS_LIMITER.get()
-    if limiter is not None:
-        limiter.admit(req.agent or "(blueprint)", cache_key)

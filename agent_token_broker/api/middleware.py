@@ -9,10 +9,25 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from agent_token_broker.api.problems import ProblemError, problem_response, render
+from agent_token_broker.api.state import REFUSALS
 from agent_token_broker.logs import REQUEST_ID
 
 log = logging.getLogger("agent_token_broker.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_label(request: web.Request) -> str:
+    """The route template (``/AuthorizationHeader/{api}``), or the path when no route matched."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+def note_refusal(request: web.Request, err: ProblemError) -> None:
+    """Log a gated refusal (rate-limited) on apps that keep a refusal log (the API app)."""
+    if err.config_key is not None:
+        refusals = request.app.get(REFUSALS)
+        if refusals is not None:
+            refusals.note(err, route_label(request))
 
 
 @web.middleware
@@ -21,6 +36,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ProblemError as err:
+        note_refusal(request, err)
         return render(err)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -5,7 +5,9 @@ in the agent's container, any Azure SDK's managed-identity credential (azure-ide
 MSAL's ``ManagedIdentityClient``, Azure.Identity for .NET/Java/JS) gets the agent
 identity's autonomous (app-only) token for ``resource/.default``. ``client_id`` selects
 the agent identity; ``Broker__ManagedIdentityEndpoint__DefaultAgentIdentity`` is used
-when it is absent (a "system-assigned" request).
+when it is absent (a "system-assigned" request). Only resources in
+``Broker__ManagedIdentityEndpoint__AllowedResources`` (default: those of the configured
+DownstreamApis) are served, never the token-exchange audience.
 
 Errors are JSON with both shapes MI clients read: App Service's ``statusCode``/``message``
 (MSAL, azure-identity) and IMDS's ``error``/``error_description``.
@@ -24,21 +26,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent_token_broker.api.problems import NO_STORE, retry_after_header
-from agent_token_broker.api.state import RUNTIME
-from agent_token_broker.cache.token import AcquireError
+from agent_token_broker.api.middleware import note_refusal
+from agent_token_broker.api.params import Family, parse_query_string
+from agent_token_broker.api.policy import Route
+from agent_token_broker.api.problems import NO_STORE, ProblemError
+from agent_token_broker.api.state import GATE, RUNTIME
 from agent_token_broker.secretfile import check_secret_file
 from agent_token_broker.settings import ManagedIdentityEndpointConfig
-from agent_token_broker.tokens import Flow, TokenRequest
 
 log = logging.getLogger("agent_token_broker.api.msi")
 
 MSI_PATH = "/msi/token"
-API_VERSION = "2019-08-01"
 IDENTITY_HEADER = "X-IDENTITY-HEADER"
-MAX_RESOURCE_LENGTH = 512
-_UNSUPPORTED_IDS = ("principal_id", "object_id", "mi_res_id", "msi_res_id")
-_KNOWN = frozenset({"resource", "api-version", "client_id", *_UNSUPPORTED_IDS})
 SECRET_FILE_KEY = "Broker__ManagedIdentityEndpoint__SecretFile"
 
 
@@ -115,14 +114,6 @@ class IdentityHeaderSecret:
 MSI_SECRET: web.AppKey[IdentityHeaderSecret] = web.AppKey("msi_secret")
 
 
-def scope_for(resource: str) -> str:
-    """``resource/.default``: trailing slashes dropped; a resource that is already a scope kept."""
-    base = resource.strip().rstrip("/")
-    if base.lower().endswith("/.default"):
-        return base
-    return base + "/.default"
-
-
 def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "statusCode": status,
@@ -139,74 +130,45 @@ def _error(status: int, error: str, message: str, headers: dict[str, str] | None
     )
 
 
-def _parse(request: web.Request, default_agent: str | None) -> tuple[str, str] | web.Response:
-    """``(resource, agent)`` or an error response."""
-    values: dict[str, list[str]] = {}
-    for name, value in request.query.items():
-        values.setdefault(name.lower(), []).append(value)
-    for name, items in values.items():
-        if name in _KNOWN and len(items) != 1:
-            return _error(400, "invalid_request", f"the query parameter {name} may be given only once")
-    version = values.get("api-version", [None])[0]
-    if version is None:
-        return _error(400, "invalid_request", f"api-version is required (only {API_VERSION} is supported)")
-    if version != API_VERSION:
-        return _error(
-            400, "invalid_request", f"api-version {version[:32]!r} is not supported; use {API_VERSION}"
-        )
-    for name in _UNSUPPORTED_IDS:
-        if name in values:
-            return _error(
-                400, "invalid_request", f"{name} is not supported: select the agent identity with client_id"
-            )
-    resource = (values.get("resource", [""])[0] or "").strip()
-    if not resource:
-        return _error(400, "invalid_request", "resource is required")
-    if len(resource) > MAX_RESOURCE_LENGTH or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in resource):
-        return _error(400, "invalid_resource", "resource must be a URI or app id without spaces")
-    client_id = values.get("client_id", [None])[0]
-    agent = client_id or default_agent
-    if not agent:
-        return _error(
-            400,
-            "invalid_request",
-            "client_id is required (no Broker__ManagedIdentityEndpoint__DefaultAgentIdentity is configured)",
-        )
-    try:
-        agent = str(uuid.UUID(agent))
-    except ValueError:
-        return _error(400, "invalid_request", "client_id must be an agent identity's client id (a GUID)")
-    return resource, agent
+# Problem -> managed-identity error: the status MI clients expect, and the OAuth error code.
+_MI_ERRORS = {
+    400: (400, "invalid_request"),
+    401: (400, "invalid_request"),  # Entra refused the agent: App Service answers 400 for a bad identity
+    403: (403, "access_denied"),
+    429: (429, "temporarily_unavailable"),
+    503: (503, "temporarily_unavailable"),
+}
+
+
+def _mi_error(err: ProblemError) -> web.Response:
+    status, code = _MI_ERRORS.get(err.status, (err.status, "invalid_request"))
+    message = err.detail
+    if err.slug == "token-refused":
+        message = f"the agent's token was refused: {err.detail}"
+    return _error(status, code, message, headers=err.headers)
 
 
 async def msi_token(request: web.Request) -> web.Response:
-    """``GET /msi/token?resource=...&api-version=2019-08-01[&client_id=<agent>]``."""
-    runtime = request.app[RUNTIME]
+    """``GET /msi/token?resource=...&api-version=2019-08-01[&client_id=<agent>]``.
+
+    The token comes from the same choke point as the header routes: the same agent
+    allow-list, the resource allow-list, never the token-exchange audience, and the cache-miss
+    limiter.
+    """
     secret = request.app[MSI_SECRET]
     if not secret.matches(request.headers.get(IDENTITY_HEADER)):
         return _error(401, "unauthorized_client", f"the {IDENTITY_HEADER} header is missing or wrong")
-    parsed = _parse(request, runtime.settings.managed_identity_endpoint.default_agent_identity)
-    if isinstance(parsed, web.Response):
-        return parsed
-    resource, agent = parsed
-    req = TokenRequest(Flow.AGENT_APP, scopes=(scope_for(resource),), agent=agent)
-    token = runtime.tokens.peek(req)
-    if token is None:
-        try:
-            token = await runtime.tokens.get(req)
-        except AcquireError as err:
-            if err.transient:
-                return _error(
-                    503,
-                    "temporarily_unavailable",
-                    f"the authority is unavailable and no valid cached token exists: {err}",
-                    headers=retry_after_header(err.retry_after),
-                )
-            return _error(400, "invalid_request", f"the agent's token was refused: {err}")
+    try:
+        query = parse_query_string(request.rel_url.raw_query_string, Family.MSI)
+        token = await request.app[GATE].token(Route.MSI, None, query)
+    except ProblemError as err:
+        note_refusal(request, err)
+        return _mi_error(err)
+    agent = query.agent or request.app[RUNTIME].settings.managed_identity_endpoint.default_agent_identity
     body = {
         "access_token": token.value,
         "expires_on": str(int(token.expires_at)),
-        "resource": resource,
+        "resource": query.resource,
         "token_type": token.meta.get("token_type", "Bearer"),
         "client_id": agent,
     }

@@ -12,40 +12,8 @@ from typing import Any
 
 from agent_token_broker import __version__
 from agent_token_broker.api.msi import MSI_PATH
-from agent_token_broker.api.params import DOWNSTREAM_OVERRIDES, TOKEN_OVERRIDES
+from agent_token_broker.api.params import Family, documented
 
-AGENT_PARAMETERS = {
-    "AgentIdentity": ("The agent identity's client id (GUID).", {"type": "string", "format": "uuid"}),
-    "AgentUsername": ("The agent user's UPN (with AgentIdentity).", {"type": "string"}),
-    "AgentUserId": (
-        "The agent user's object id (GUID, with AgentIdentity).",
-        {"type": "string", "format": "uuid"},
-    ),
-}
-# The override keys as clients spell them (the parser is case-insensitive).
-OVERRIDE_SPELLING = {
-    "scopes": "Scopes",
-    "requestapptoken": "RequestAppToken",
-    "acquiretokenoptions.tenant": "AcquireTokenOptions.Tenant",
-    "acquiretokenoptions.forcerefresh": "AcquireTokenOptions.ForceRefresh",
-    "acquiretokenoptions.claims": "AcquireTokenOptions.Claims",
-    "acquiretokenoptions.correlationid": "AcquireTokenOptions.CorrelationId",
-    "relativepath": "RelativePath",
-    "httpmethod": "HttpMethod",
-    "contenttype": "ContentType",
-    "acceptheader": "AcceptHeader",
-}
-_BOOL = {"type": "string", "enum": ["true", "false"]}
-_OVERRIDE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "scopes": {"type": "array", "items": {"type": "string"}},
-    "requestapptoken": _BOOL,
-    "acquiretokenoptions.forcerefresh": _BOOL,
-    "acquiretokenoptions.correlationid": {"type": "string", "format": "uuid"},
-    "acquiretokenoptions.claims": {
-        "type": "string",
-        "description": "a JSON object (decoded claims challenge)",
-    },
-}
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
@@ -62,19 +30,13 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     return param
 
 
+def _params(family: Family) -> list[dict[str, Any]]:
+    return [_query(p.name, p.doc, dict(p.schema)) for p in documented(family)]
+
+
 def token_parameters(*, downstream: bool) -> list[dict[str, Any]]:
-    """The query parameters of a token route (header routes) or a DownstreamApi route."""
-    params = [_query(name, text, schema) for name, (text, schema) in AGENT_PARAMETERS.items()]
-    keys = sorted(TOKEN_OVERRIDES | (DOWNSTREAM_OVERRIDES if downstream else frozenset()))
-    for key in keys:
-        params.append(
-            _query(
-                "optionsOverride." + OVERRIDE_SPELLING[key],
-                "Override of the configured API option (see README).",
-                _OVERRIDE_SCHEMAS.get(key, {"type": "string"}),
-            )
-        )
-    return params
+    """The query parameters of a token route (header routes) or a DownstreamApi route (from the table)."""
+    return _params(Family.DOWNSTREAM if downstream else Family.HEADER)
 
 
 def _api_path_parameter() -> dict[str, Any]:
@@ -165,11 +127,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Managed-identity-compatible token (App Service protocol); only when enabled",
                     "parameters": [
-                        _query("resource", "Resource to get a token for.", {"type": "string"}),
-                        _query(
-                            "api-version", "Must be 2019-08-01.", {"type": "string", "enum": ["2019-08-01"]}
-                        ),
-                        _query("client_id", "The agent identity (default configurable).", {"type": "string"}),
+                        *_params(Family.MSI),
                         {
                             "name": "X-IDENTITY-HEADER",
                             "in": "header",
@@ -188,6 +146,9 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": {"description": "Bad request (managed-identity error shape)"},
                         "401": {"description": "Missing or wrong X-IDENTITY-HEADER"},
+                        "403": {"description": "Agent or resource not allowed (managed-identity error shape)"},
+                        "429": {"description": "Cache-miss rate limit (managed-identity error shape)"},
+                        "503": {"description": "Entra unavailable (managed-identity error shape)"},
                     },
                 }
             },

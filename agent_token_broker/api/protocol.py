@@ -47,7 +47,7 @@ class ProblemRequestHandler(RequestHandler):
             status = status if 400 <= status < 500 else 400
             detail = "the request is not valid HTTP/1.1"
         log.debug("refused a malformed request: %s (HTTP %d)", kind, status)
-        response = problem_response(status, detail, slug="bad-http")
+        response = problem_response(status, detail, slug="headers-too-large" if status == 431 else "bad-http")
         response.force_close()
         return response
 

@@ -137,6 +137,7 @@ class ManagedIdentityEndpointConfig:
     secret: Secret | None = setting("Secret", None, min_len=16, doc="The `X-IDENTITY-HEADER` value callers must send (their `IDENTITY_HEADER`). Not with `SecretFile`.")
     secret_file: str = setting("SecretFile", DEFAULT_IDENTITY_HEADER_FILE, values_doc="path", doc="File holding the secret, re-read when it changes; if missing, a random one is written there (0600, directory 0700).")
     default_agent_identity: str | None = setting("DefaultAgentIdentity", None, parse=checks.guid(" (an agent identity client id)"), values_doc="GUID", doc="Agent identity of requests without `client_id` (\"system-assigned\"); without it `client_id` is required.")
+    allowed_resources: tuple[str, ...] | None = setting("AllowedResources", None, parse=checks.resource, default_doc="the resources of the configured `DownstreamApis`", values_doc="URIs or app ids", doc="Resources `/msi/token` issues tokens for (case, trailing `/` and `/.default` ignored); others get 403. Never the token-exchange audience.")
 
     @classmethod
     def settle(cls, v: Draft) -> None:

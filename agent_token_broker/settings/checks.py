@@ -73,6 +73,21 @@ def tenant(text: str) -> str:
     return text
 
 
+def domain(text: str) -> str:
+    """A tenant's domain name, returned lower-case."""
+    if not _TENANT_NAME.match(text):
+        raise ValueError(f"must be a domain name such as contoso.onmicrosoft.com, got {text!r}")
+    return text.lower()
+
+
+def resource(text: str) -> str:
+    """A resource URI or app id (what ``/msi/token?resource=`` names)."""
+    value = text.strip()
+    if not value or len(value) > 512 or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"not a resource URI or app id: {text!r}")
+    return value
+
+
 def authority_host(text: str) -> str:
     parts = urlsplit(text)
     problem = (

@@ -40,7 +40,7 @@ UNSUPPORTED_SOURCE_TYPES = ("KeyVault", "StoreWithThumbprint", "StoreWithDisting
 OVERRIDE_ROUTES = ("GetAuthorizationHeader", "GetAuthorizationHeaderUnauthenticated", "CallDownstreamApi", "CallDownstreamApiUnauthenticated")
 DEFAULT_ALLOW_OVERRIDES: Mapping[str, bool] = MappingProxyType({r: not r.endswith("Unauthenticated") for r in OVERRIDE_ROUTES})
 _FOREIGN_KEYS = ("KeyVaultUrl", "KeyVaultCertificateName", "CertificateStorePath", "CertificateThumbprint", "CertificateDistinguishedName", "Base64EncodedValue")
-_COPIED_KEYS = ("Domain", "EnablePiiLogging", "AllowWebApiToBeAuthorizedByACL", "CallbackPath", "SignedOutCallbackPath", "TokenDecryptionCredentials", "ClientCapabilities")
+_COPIED_KEYS = ("EnablePiiLogging", "AllowWebApiToBeAuthorizedByACL", "CallbackPath", "SignedOutCallbackPath", "TokenDecryptionCredentials", "ClientCapabilities")
 _UNSUPPORTED_OPTIONS = ("PopPublicKey", "PopClaims", "ManagedIdentity", "LongRunningWebApiSessionKey")
 _PATH, _MI, _SAF = (SOURCE_PATH,), (SOURCE_MANAGED_IDENTITY,), (SOURCE_SIGNED_ASSERTION_FILE,)
 
@@ -99,7 +99,8 @@ class AzureAdConfig:
     instance: str = setting("Instance", DEFAULT_INSTANCE, parse=checks.authority_host, values_doc="https URL", doc="Authority host (the emulator's https URL in development).")
     audience: str | None = setting("Audience", None, hidden=True, default_doc="`ClientId`, `api://ClientId`", doc="An accepted audience of inbound tokens, before `Audiences`; either replaces the default.")
     audiences: tuple[str, ...] = setting("Audiences", (), default_doc="`ClientId`, `api://ClientId`", doc="Accepted audiences of inbound tokens.")
-    scopes: tuple[str, ...] = setting("Scopes", (), doc="Scopes required by `/Validate`.")
+    scopes: tuple[str, ...] = setting("Scopes", (), doc="Scopes required by `/Validate` (one of them).")
+    domain: str | None = setting("Domain", None, parse=checks.domain, values_doc="domain name", doc="The tenant's domain name (`contoso.onmicrosoft.com`), as in Microsoft.Identity.Web: a tenant override naming it is a no-op.")
     send_x5c: bool = setting("SendX5C", False, doc="Default `SendX5C` of certificate credentials.")
     credentials: tuple[CredentialConfig, ...] = setting("ClientCredentials", ())
     client_secret: Secret | None = setting("ClientSecret", None, hidden=True, doc="Legacy form: one more `ClientSecret` credential, after the array.")

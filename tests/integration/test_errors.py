@@ -40,8 +40,10 @@ def assert_problem(status: int, body: dict[str, object], headers: object, expect
         (f"?AgentIdentity={A1}&AgentUsername=nope", "user principal name"),
         (f"?AgentIdentity={A1}&AgentIdentity={demo.AGENT_2_ID}", "only once"),
         (f"?AgentIdentity={A1}&optionsOverride.BaseUrl=https://evil.example", "not supported"),
-        (f"?AgentIdentity={A1}&optionsOverride.Bogus=1", "unknown override"),
-        (f"?AgentIdentity={A1}&optionsOverride.Scopes=x", "not allowed on this route"),
+        (f"?AgentIdentity={A1}&optionsOverride.Bogus=1", "optionsOverride.Bogus is not a query parameter"),
+        (f"?AgentIdentiy={A1}", "did you mean AgentIdentity?"),
+        (f"?AgentIdentity={A1}&optionsOverride.RelativePath=x", "of /DownstreamApi* only"),
+        (f"?AgentIdentity={A1}&optionsOverride.Scopes=x", "not allowed on /AuthorizationHeaderUnauthenticated"),
     ],
 )
 async def test_bad_parameters_are_400(

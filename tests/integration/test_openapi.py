@@ -7,7 +7,7 @@ import pytest
 from multidict import MultiDict
 from openapi_spec_validator import validate
 
-from agent_token_broker.api.params import parse_query
+from agent_token_broker.api.params import Family, accepted_names, parse_query
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
@@ -54,17 +54,22 @@ async def test_openapi_document_is_valid_and_matches_the_router(
     assert documented == routes
 
 
-@pytest.mark.parametrize("path", ["/AuthorizationHeader/{api}", "/DownstreamApi/{api}"])
-def test_every_documented_query_parameter_is_one_the_parser_accepts(path: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "family"),
+    [("/AuthorizationHeader/{api}", Family.HEADER), ("/DownstreamApi/{api}", Family.DOWNSTREAM)],
+)
+def test_every_documented_query_parameter_is_one_the_parser_accepts(path: str, family: Family) -> None:
     from agent_token_broker.api.openapi import openapi_document
 
     operation = next(iter(openapi_document()["paths"][path].values()))
     names = [p["name"] for p in operation["parameters"] if p["in"] == "query"]
     assert "AgentIdentity" in names and "optionsOverride.Scopes" in names
+    # The document lists every accepted name (prefix families such as ExtraHeaderParameters.<name> aside).
+    assert set(names) == {n for n in accepted_names(family) if not n.endswith("<name>")}
     for name in names:
         if name == "AgentUserId":
             query = MultiDict([("AgentIdentity", demo.AGENT_1_ID), (name, demo.AGENT_USER_OID)])
         else:
             query = MultiDict([("AgentIdentity", demo.AGENT_1_ID)] if name.startswith("AgentUser") else [])
             query.add(name, SAMPLE_VALUES[name])
-        parse_query(query)  # raises ProblemError (400) for an unknown or malformed parameter
+        parse_query(query, family)  # raises ProblemError (400) for an unknown or malformed parameter

@@ -294,10 +294,14 @@ def test_unrelated_environment_is_ignored_but_unknown_override_section_is_an_err
 
 def test_json_unknown_top_level_section_is_a_warning(tmp_path: Path) -> None:
     config = tmp_path / "appsettings.json"
-    config.write_text(json.dumps({"AllowedHosts": "*", "AzureAd": {"Domain": "contoso.com"}}))
+    config.write_text(
+        json.dumps({"AllowedHosts": "*", "AzureAd": {"Domain": "Contoso.com", "EnablePiiLogging": "true"}})
+    )
     s = load_settings(env=env(), config_file=config)
     assert any(w.startswith("AllowedHosts: section ignored") for w in s.warnings)
-    assert "AzureAd__Domain: ignored by this broker" in s.warnings
+    assert "AzureAd__EnablePiiLogging: ignored by this broker" in s.warnings
+    # AzureAd__Domain (Microsoft.Identity.Web's tenant domain name) is read: a tenant override naming it is a no-op.
+    assert s.azure_ad.domain == "contoso.com"
 
 
 def test_config_file_problems_are_reported(tmp_path: Path) -> None:

@@ -1,0 +1,299 @@
+"""The one choke point: every route that gets a token goes through :meth:`TokenGate.token`.
+
+``/AuthorizationHeader*``, ``/DownstreamApi*`` (and its claims-challenge retry) and
+``/msi/token`` hand the gate what the caller asked for (route, API name, parsed query,
+bearer token). The gate then, always in this order:
+
+1. validates the bearer token and the caller's permissions (authenticated routes);
+2. decides the :class:`TokenRequest` with the policy functions of
+   :mod:`agent_token_broker.api.policy` (:func:`decide`, pure: settings in, request or
+   refusal out): no-op overrides dropped, ``Sidecar__AllowOverrides__*``, allow-lists of
+   agents, agent users, scopes and resources, the token-exchange audience, strict rules;
+3. answers from the cache, or admits the miss through the cache-miss limiter
+   (``Broker__Limits__CacheMiss*``) and acquires.
+
+Decisions of routes without a bearer token are remembered, keyed on the canonical parsed
+request (so spelling, order and no-op variants share one entry) and bounded in bytes; only
+decisions that produced a token are remembered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from agent_token_broker.api import policy
+from agent_token_broker.api.limits import MissLimiter
+from agent_token_broker.api.params import Family, ParsedQuery
+from agent_token_broker.api.policy import Route
+from agent_token_broker.api.problems import ProblemError, retry_after_header
+from agent_token_broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.runtime import Runtime
+from agent_token_broker.settings import DownstreamApiConfig, Settings
+from agent_token_broker.tokens import Flow, TokenRequest
+from agent_token_broker.validation import (
+    InboundValidator,
+    InsufficientScope,
+    InvalidToken,
+    ValidatorUnavailable,
+)
+
+BLUEPRINT_BUCKET = "(blueprint)"
+# Remembered decisions: at most this many bytes (estimated), then the memo starts afresh.
+MEMO_MAX_BYTES = 8 * 1024 * 1024
+_ENTRY_OVERHEAD = 640  # measured: a ParsedQuery + TokenRequest + key + dict slot, short strings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What the gate decided for a request: the token request and its cache key."""
+
+    request: TokenRequest
+    key: tuple[object, ...]
+
+    @property
+    def plain(self) -> bool:
+        """Answerable from the cache (no forced refresh, no claims)."""
+        return not (self.request.force_refresh or self.request.claims)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Challenge:
+    """A downstream API's claims challenge: acquire anew with ``claims``, replacing ``rejected``."""
+
+    claims: str
+    rejected: str
+
+
+def scope_for(resource: str) -> str:
+    """``resource/.default``: trailing slashes dropped; a resource that is already a scope kept."""
+    base = resource.strip().rstrip("/")
+    if base.lower().endswith("/.default"):
+        return base
+    return base + "/.default"
+
+
+def decide(
+    settings: Settings,
+    route: Route,
+    api: str | None,
+    query: ParsedQuery,
+    *,
+    user_assertion: str | None = None,
+) -> TokenRequest:
+    """The token a request may have, or a :class:`ProblemError` naming the rule that refuses it."""
+    if route is Route.MSI:
+        return _decide_msi(settings, query)
+    assert api is not None
+    config = settings.downstream_apis.get(api)
+    if config is None and settings.strict:
+        raise ProblemError(
+            404,
+            f"no downstream API named '{api}' is configured (strict mode): configure DownstreamApis__{api}__Scopes",
+            slug="unknown-api",
+            title=f"unknown API: {api}",
+            config_key=f"DownstreamApis__{api}__Scopes",
+        )
+    changed = set(policy.changing_overrides(settings, route, config, query))
+    policy.check_overrides_allowed(settings, route, sorted(changed))
+    caller_scopes = query.scopes if "optionsOverride.Scopes" in changed else None
+    scopes = caller_scopes if caller_scopes is not None else _configured_scopes(api, config)
+    policy.check_agent(settings, query.agent)
+    policy.check_agent_user(settings, query)
+    if caller_scopes is not None:
+        policy.check_caller_scopes(settings, api, config, caller_scopes)
+        if route.family is Family.DOWNSTREAM and config is not None:
+            policy.check_api_audience(api, config, caller_scopes)
+    if "optionsOverride.AcquireTokenOptions.Tenant" in changed:
+        tenant = query.tenant
+    else:
+        tenant = config.tenant if config is not None else None
+    flow = _flow(route, config, query, exchange=caller_scopes is None and _is_exchange(scopes))
+    return TokenRequest(
+        flow,
+        scopes=scopes,
+        agent=query.agent,
+        tenant=tenant,
+        username=query.username if flow is Flow.AGENT_USER else None,
+        user_object_id=query.user_object_id if flow is Flow.AGENT_USER else None,
+        user_assertion=user_assertion if flow in (Flow.AGENT_OBO, Flow.BLUEPRINT_OBO) else None,
+        claims=query.claims,
+        force_refresh=query.force_refresh,
+        correlation_id=query.correlation_id,
+    )
+
+
+def _configured_scopes(api: str, config: DownstreamApiConfig | None) -> tuple[str, ...]:
+    if config is None or not config.scopes:
+        raise ProblemError(
+            400,
+            f"No scopes found for the API '{api}': configure DownstreamApis__{api}__Scopes",
+            slug="no-scopes",
+            title=f"no scopes configured for API: {api}",
+            config_key=f"DownstreamApis__{api}__Scopes",
+        )
+    return tuple(config.scopes)
+
+
+def _is_exchange(scopes: tuple[str, ...]) -> bool:
+    return bool(scopes) and all(policy.is_exchange_audience(s) for s in scopes)
+
+
+def _flow(route: Route, config: DownstreamApiConfig | None, query: ParsedQuery, *, exchange: bool) -> Flow:
+    app = not route.authenticated or query.request_app_token or bool(config and config.request_app_token)
+    if query.agent and (query.username or query.user_object_id):
+        return Flow.AGENT_USER
+    if query.agent:
+        if app and exchange:
+            # An API configured with the token-exchange scope (the Agents SDK's "agenticblueprint"):
+            # the blueprint's exchange token for this agent, what MSAL-based Agents SDKs acquire as
+            # the "agentic application token".
+            return Flow.BLUEPRINT_FMI
+        return Flow.AGENT_APP if app else Flow.AGENT_OBO
+    return Flow.BLUEPRINT_APP if app else Flow.BLUEPRINT_OBO
+
+
+def _decide_msi(settings: Settings, query: ParsedQuery) -> TokenRequest:
+    agent = query.agent or settings.managed_identity_endpoint.default_agent_identity
+    if not agent:
+        raise ProblemError(
+            400,
+            "client_id is required (no Broker__ManagedIdentityEndpoint__DefaultAgentIdentity is configured)",
+            slug="invalid-parameter",
+            parameter="client_id",
+            config_key="Broker__ManagedIdentityEndpoint__DefaultAgentIdentity",
+        )
+    assert query.resource is not None
+    policy.check_agent(settings, agent)
+    policy.check_msi_resource(settings, query.resource)
+    return TokenRequest(Flow.AGENT_APP, scopes=(scope_for(query.resource),), agent=agent)
+
+
+def acquire_problem(err: AcquireError) -> ProblemError:
+    """Map an acquisition failure to the API's problem (401 refused, 503 unreachable/throttled)."""
+    if err.transient:
+        return ProblemError(
+            503,
+            f"the authority is unavailable and no valid cached token exists: {err}",
+            slug="authority-unavailable",
+            headers=retry_after_header(err.retry_after),
+            errorCode=err.error_code,
+            correlationId=err.correlation_id,
+        )
+    title = f"token refused by Entra: {err.error_code}" if err.error_code else None
+    return ProblemError(
+        401, str(err), slug="token-refused", title=title, errorCode=err.error_code, correlationId=err.correlation_id
+    )
+
+
+async def validated_claims(validator: InboundValidator, token: str) -> dict[str, object]:
+    """The inbound token's claims, or a 401/403/503 problem."""
+    try:
+        return await validator.validate(token)
+    except InsufficientScope as exc:
+        raise ProblemError(
+            403, f"the token is not allowed here: {exc.reason}", slug="insufficient-scope"
+        ) from None
+    except InvalidToken as exc:
+        raise ProblemError(
+            401,
+            f"the bearer token is not valid: {exc.reason}",
+            slug="invalid-token",
+            headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'},
+        ) from None
+    except ValidatorUnavailable:
+        raise ProblemError(
+            503,
+            "the authority's signing keys could not be fetched",
+            slug="authority-unavailable",
+            headers=retry_after_header(5),
+        ) from None
+
+
+def _entry_bytes(query: ParsedQuery) -> int:
+    size = _ENTRY_OVERHEAD + 2 * sum(len(s) for s in (query.scopes or ()))
+    for value in (query.agent, query.username, query.user_object_id, query.tenant, query.claims,
+                  query.correlation_id, query.resource):  # fmt: skip
+        size += len(value) if value else 0
+    return size + sum(len(k) + len(v) for k, v in query.downstream)
+
+
+class TokenGate:
+    """The choke point (see module docstring); one per API app, so one limiter per broker."""
+
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = runtime.settings
+        self._tokens = runtime.tokens
+        self._cache = runtime.cache
+        self._validator = runtime.validator
+        self.misses = MissLimiter(runtime.settings.security.limits, clock=clock)
+        self._memo: dict[tuple[Route, str | None, ParsedQuery], Decision] = {}
+        self._memo_bytes = 0
+
+    @property
+    def memo_bytes(self) -> int:
+        return self._memo_bytes
+
+    def decision(
+        self, route: Route, api: str | None, query: ParsedQuery, *, user_assertion: str | None = None
+    ) -> Decision:
+        req = decide(self._settings, route, api, query, user_assertion=user_assertion)
+        return Decision(req, self._tokens.key_for(req))
+
+    async def token(
+        self,
+        route: Route,
+        api: str | None,
+        query: ParsedQuery,
+        *,
+        bearer: str | None = None,
+        challenge: Challenge | None = None,
+    ) -> CachedToken:
+        """The token ``route`` may give for ``query``: policy, then cache or limiter + acquisition."""
+        if route.authenticated:
+            if bearer is None:
+                raise ProblemError(401, "this route needs a bearer token", slug="missing-token")
+            claims = await validated_claims(self._validator, bearer)
+            policy.check_caller_token(self._settings, claims)
+            return await self.obtain(self.decision(route, api, query, user_assertion=bearer), challenge)
+        memo_key = (route, api.lower() if api is not None else None, query)
+        decision = self._memo.get(memo_key)
+        if decision is not None:
+            return await self.obtain(decision, challenge)
+        decision = self.decision(route, api, query)
+        token = await self.obtain(decision, challenge)
+        self._remember(memo_key, decision)
+        return token
+
+    def _remember(self, memo_key: tuple[Route, str | None, ParsedQuery], decision: Decision) -> None:
+        size = _entry_bytes(memo_key[2])
+        if self._memo_bytes + size > MEMO_MAX_BYTES:
+            self._memo.clear()  # bounded; hot requests come back on their next call
+            self._memo_bytes = 0
+        if memo_key not in self._memo:
+            self._memo[memo_key] = decision
+            self._memo_bytes += size
+
+    async def obtain(self, decision: Decision, challenge: Challenge | None = None) -> CachedToken:
+        """Cache hit, or one admitted miss (``Broker__Limits__CacheMiss*``) and the acquisition."""
+        req, key = decision.request, decision.key
+        if challenge is None:
+            if decision.plain:
+                token = self._cache.peek(key)
+                if token is not None:
+                    return token
+        else:
+            current = self._cache.peek(key)
+            if current is not None and current.value != challenge.rejected:
+                return current  # a concurrent challenge already replaced the rejected token
+            self._cache.evict(key)
+            req = dataclasses.replace(req, claims=challenge.claims, force_refresh=False)
+        # Charged once per key per few seconds: concurrent misses of a key join one acquisition,
+        # and forced refreshes of a key are collapsed by Broker__Cache__ForceRefreshMinIntervalSeconds.
+        self.misses.admit(req.agent or BLUEPRINT_BUCKET, key)
+        try:
+            return await self._tokens.get(req)
+        except AcquireError as err:
+            raise acquire_problem(err) from None
+

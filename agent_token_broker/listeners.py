@@ -44,6 +44,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from agent_token_broker.api.problems import problem_title
 from agent_token_broker.settings import Listen
 
 log = logging.getLogger("agent_token_broker.listeners")
@@ -213,8 +214,9 @@ def _peer(transport: asyncio.BaseTransport) -> str | None:
 
 
 def _canned(status: int, reason: str, detail: str, slug: str, extra: str = "") -> bytes:
+    title = problem_title(status, slug)
     body = json.dumps(
-        {"type": f"urn:agent-token-broker:problem:{slug}", "title": reason, "status": status, "detail": detail}
+        {"type": f"urn:agent-token-broker:problem:{slug}", "title": title, "status": status, "detail": detail}
     ).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/problem+json\r\n"

@@ -13,6 +13,7 @@ from agent_token_broker.server import RunningBroker, running
 from agent_token_broker.settings import Settings, load_settings
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
+from tests.integration.downstream_server import downstream  # noqa: F401 - a fixture for all integration tests
 
 BrokerFactory = Callable[..., AbstractAsyncContextManager[RunningBroker]]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,15 +18,10 @@ import requests
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import base_env
+from tests.integration.serve_process import clean_env, serve_process
 from tests.support import free_port
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("azuread__", "broker__", "downstreamapis__"))}
-    env.update(extra)
-    return env
 
 
 def test_check_config_redacts_secrets(emulator: EmulatorServer) -> None:
@@ -58,37 +52,12 @@ def test_bad_config_is_one_line_per_problem_without_traceback() -> None:
 
 
 @pytest.fixture
-def serve_process(emulator: EmulatorServer, admin: EmulatorAdmin) -> Iterator[str]:
-    port, ops = free_port(), free_port()
-    env = clean_env(base_env(emulator, Broker__Listen=f"127.0.0.1:{port}", Broker__OpsListen=f"127.0.0.1:{ops}"))
-    env["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
-    proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.1)
-        else:
-            raise AssertionError("broker did not become ready in 30 s")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert proc.returncode == 0, err
-        assert demo.BLUEPRINT_SECRET not in err
+def serve_base(emulator: EmulatorServer, admin: EmulatorAdmin) -> Iterator[str]:
+    with serve_process(emulator) as served:
+        yield served.base
 
 
-def test_sidecar_client_works_unchanged(serve_process: str, admin: EmulatorAdmin) -> None:
+def test_sidecar_client_works_unchanged(serve_base: str, admin: EmulatorAdmin) -> None:
     """What the Agents SDKs' sidecar providers do: GET with AgentIdentity[/AgentUserId], expect 'Bearer '."""
     session = requests.Session()
     for query in (
@@ -96,18 +65,18 @@ def test_sidecar_client_works_unchanged(serve_process: str, admin: EmulatorAdmin
         f"AgentIdentity={demo.AGENT_1_ID}&AgentUserId={demo.AGENT_USER_OID}",
         f"AgentIdentity={demo.AGENT_2_ID}&optionsOverride.RequestAppToken=true",
     ):
-        resp = session.get(f"{serve_process}/AuthorizationHeaderUnauthenticated/graph?{query}", timeout=30)
+        resp = session.get(f"{serve_base}/AuthorizationHeaderUnauthenticated/graph?{query}", timeout=30)
         assert resp.status_code == 200, resp.text
         assert resp.headers["Content-Type"].startswith("application/json")
         assert resp.json()["authorizationHeader"].startswith("Bearer ")
     user = admin.user_token(demo.DEMO_USER_UPN)
     resp = session.get(
-        f"{serve_process}/AuthorizationHeader/graph?agentidentity={demo.AGENT_1_ID}",
+        f"{serve_base}/AuthorizationHeader/graph?agentidentity={demo.AGENT_1_ID}",
         headers={"Authorization": f"Bearer {user}"}, timeout=30,
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["authorizationHeader"].startswith("Bearer ")
-    health = session.get(f"{serve_process}/healthz", timeout=5)
+    health = session.get(f"{serve_base}/healthz", timeout=5)
     assert health.status_code == 200 and health.text == "Healthy"
 
 

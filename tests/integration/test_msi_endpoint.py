@@ -227,3 +227,26 @@ def test_configuration_defaults_and_redaction(emulator: EmulatorServer) -> None:
     assert settings.managed_identity_endpoint.enabled
     assert SECRET not in json.dumps(effective_config(settings))
     assert settings.downstream.max_response_bytes == 10 * 1024 * 1024
+
+
+async def test_sdks_still_work_in_strict_mode_and_see_policy_refusals(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strict mode (required header, strict scopes) keeps /msi/token usable: MI clients send
+    X-IDENTITY-HEADER, never X-Token-Broker-Request. The endpoint has the header routes' policy."""
+    async with broker_factory(**MI_KEYS, Broker__Strict="true") as broker:
+        point_sdks_at(monkeypatch, broker, SECRET)
+        token = await in_thread(ManagedIdentityCredential(client_id=A1).get_token, f"{demo.GRAPH_RESOURCE}/.default")
+        assert claims_of(token.token)["oid"] == A1
+        with requests.Session() as session:
+            client = msal.ManagedIdentityClient(msal.SystemAssignedManagedIdentity(), http_client=session)
+            result = await in_thread(client.acquire_token_for_client, resource=demo.DEMO_API_RESOURCE)
+            assert claims_of(result["access_token"])["oid"] == A2, result
+            # Outside the resource allow-list (default: the configured APIs' resources), and the
+            # token-exchange audience: refused with a message naming the cause, no token.
+            refused = await in_thread(client.acquire_token_for_client, resource="https://vault.azure.net")
+            assert "access_token" not in refused
+            assert "Broker__ManagedIdentityEndpoint__AllowedResources" in refused["error_description"], refused
+        with pytest.raises(ClientAuthenticationError) as info:
+            await in_thread(ManagedIdentityCredential(client_id=A1).get_token, "api://AzureADTokenExchange/.default")
+        assert "token-exchange audience" in str(info.value)

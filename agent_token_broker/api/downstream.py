@@ -15,6 +15,7 @@ import logging
 
 from aiohttp import web
 
+from agent_token_broker.api import policy
 from agent_token_broker.api.downstream_http import DownstreamResult, build_call, claims_challenge, send
 from agent_token_broker.api.gate import Challenge
 from agent_token_broker.api.params import Family, parse_query_string
@@ -33,6 +34,8 @@ _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **NO_STORE}
 
 def _configured_api(runtime: Runtime, api: str) -> DownstreamApiConfig:
     config = runtime.downstream_api(api)
+    if config is None and runtime.settings.strict:
+        raise policy.unknown_api(api)
     if config is None or not config.base_url:
         raise ProblemError(
             400,

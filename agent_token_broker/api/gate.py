@@ -88,13 +88,7 @@ def decide(
     assert api is not None
     config = settings.downstream_apis.get(api)
     if config is None and settings.strict:
-        raise ProblemError(
-            404,
-            f"no downstream API named '{api}' is configured (strict mode): configure DownstreamApis__{api}__Scopes",
-            slug="unknown-api",
-            title=f"unknown API: {api}",
-            config_key=f"DownstreamApis__{api}__Scopes",
-        )
+        raise policy.unknown_api(api)
     changed = set(policy.changing_overrides(settings, route, config, query))
     policy.check_overrides_allowed(settings, route, sorted(changed))
     caller_scopes = query.scopes if "optionsOverride.Scopes" in changed else None

@@ -117,6 +117,17 @@ def same_tenant(requested: str, settings: Settings, config: DownstreamApiConfig 
     return requested.lower() in names
 
 
+def unknown_api(api: str) -> ProblemError:
+    """Strict mode: a route naming an API that is not configured is a 404."""
+    return ProblemError(
+        404,
+        f"no downstream API named '{api}' is configured (strict mode): configure DownstreamApis__{api}__Scopes",
+        slug="unknown-api",
+        title=f"unknown API: {api}",
+        config_key=f"DownstreamApis__{api}__Scopes",
+    )
+
+
 # -- overrides -----------------------------------------------------------------------------
 
 

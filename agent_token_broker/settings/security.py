@@ -16,7 +16,7 @@ DEFAULT_UNIX_SOCKET_MODE = 0o660
 class RequireHeaderConfig:
     """``Broker__RequireHeader__*``: a request header every API call must carry (SSRF guard)."""
 
-    enabled: bool = setting("Enabled", False, default_key="Broker__Strict", doc="Require the header on every API call except `/healthz` (400 without it), like IMDS's `Metadata: true`.")
+    enabled: bool = setting("Enabled", False, default_key="Broker__Strict", doc="Require the header on every API call except `/healthz` and `/msi/token` (400 without it), like IMDS's `Metadata: true`.")
     name: str = setting("Name", DEFAULT_REQUIRED_HEADER, parse=checks.header_name, values_doc="header name", doc="The header's name.")
     value: str = setting("Value", "true", parse=checks.header_value, values_doc="printable, ≤ 256 chars", doc="The header's exact value.")
 

@@ -241,3 +241,19 @@ async def test_downstream_api_refuses_a_token_for_another_resource(
         )
         assert status == 200 and body["statusCode"] == 200, body
         assert len(downstream.seen) == 1
+
+
+async def test_strict_mode_unknown_api_is_404_on_every_route(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, http: aiohttp.ClientSession
+) -> None:
+    user = admin.user_token(demo.DEMO_USER_UPN)
+    strict = {"X-Token-Broker-Request": "true"}
+    async with broker_factory(Broker__Strict="true") as broker:
+        for method, path, token in (
+            ("GET", f"/AuthorizationHeader/nope?AgentIdentity={A1}", user),
+            ("GET", f"{UNAUTH}/nope?AgentIdentity={A1}", None),
+            ("POST", f"/DownstreamApi/nope?AgentIdentity={A1}", user),
+            ("POST", f"/DownstreamApiUnauthenticated/nope?AgentIdentity={A1}", None),
+        ):
+            status, body = await call(http, broker, path, token=token, method=method, headers=strict)
+            assert status == 404 and body["title"] == "unknown API: nope", (path, body)

@@ -37,6 +37,7 @@ from tests.integration.conftest import BrokerFactory
 
 NEGATIVE_TTL = "120"  # a repeat of the trigger is well inside it, however loaded the machine
 MSI_SECRET = "test-identity-header-0123456789"
+MSI_TYPO_RESOURCE = "https://graph.microsoft.cmo"
 AUTH = "/AuthorizationHeader"
 REVOCATIONS = re.compile(r"^agent_token_broker_identity_revocations_total\{[^}]*\} (\S+)$", re.M)
 
@@ -69,6 +70,11 @@ async def setup(broker_factory: BrokerFactory, admin: EmulatorAdmin) -> AsyncIte
         broker_factory(
             Broker__Cache__NegativeTtlSeconds=NEGATIVE_TTL,
             Broker__ManagedIdentityEndpoint__Secret=MSI_SECRET,
+            # The misspelt resource is allow-listed so that the MSI repro reaches Entra (AADSTS500011);
+            # outside the allow-list the broker refuses it before any upstream call (test_policy_routes.py).
+            Broker__ManagedIdentityEndpoint__AllowedResources__0=demo.GRAPH_RESOURCE,
+            Broker__ManagedIdentityEndpoint__AllowedResources__1=demo.DEMO_API_RESOURCE,
+            Broker__ManagedIdentityEndpoint__AllowedResources__2=MSI_TYPO_RESOURCE,
         ) as broker,
         client_session() as session,
     ):
@@ -213,8 +219,7 @@ async def test_obo_for_a_user_without_consent_65001_stays_on_that_users_key(setu
 async def test_msi_token_for_a_misspelt_resource_leaves_the_agents_other_tokens(setup: Setup) -> None:
     s = setup
     victims = await warm(s)
-    typo = "https://graph.microsoft.cmo"
-    url = s.url(f"/msi/token?api-version=2019-08-01&client_id={A1}&resource={typo}")
+    url = s.url(f"/msi/token?api-version=2019-08-01&client_id={A1}&resource={MSI_TYPO_RESOURCE}")
     reply = await trigger(s, url, {"X-IDENTITY-HEADER": MSI_SECRET}, status=400, code="AADSTS500011")
     assert reply.body["error"] == "invalid_request" and "access_token" not in reply.body
     await assert_victims_untouched(s, victims)

@@ -1,5 +1,6 @@
 # Two commands on a fresh machine (Python 3.11 + Debian packages):
 #   make dev    run the broker wired to its embedded Entra emulator
+#               (options: make dev ARGS="--listen 127.0.0.1:5001", or Broker__Listen=127.0.0.1:5001 make dev)
 #   make test   run the whole test suite (lint, types, tests)
 PY ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 dev: $(STAMP)
-	$(BIN)/agent-token-broker dev
+	$(BIN)/agent-token-broker dev $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent_token_broker entra_emulator tests loadtests

@@ -7,9 +7,8 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
 from agent_token_broker.logs import setup_logging
 from agent_token_broker.settings import ConfigError, Settings, effective_config, load_settings
@@ -92,8 +91,9 @@ def serve_main(argv: Sequence[str]) -> int:
     return _serve(settings)
 
 
-def _serve(settings: Settings) -> int:
-    """Run until signalled; a listener that cannot be opened is one clear line, not a traceback."""
+def _serve(settings: Settings, main: Coroutine[Any, Any, None] | None = None) -> int:
+    """Run ``main`` (default: serve until signalled); a listener that cannot be opened is one
+    clear line, not a traceback."""
     import logging
 
     from agent_token_broker.server import run, serve_forever
@@ -102,7 +102,7 @@ def _serve(settings: Settings) -> int:
     for warning in settings.warnings:
         log.warning("config: %s", warning)
     try:
-        run(serve_forever(settings))
+        run(main if main is not None else serve_forever(settings))
     except ConfigError as err:  # found while building the runtime
         _print_config_error(err)
         return 2
@@ -115,30 +115,44 @@ def _serve(settings: Settings) -> int:
 def dev_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="agent-token-broker dev",
-        description="Run the broker wired to the embedded Entra emulator with a demo tenant.",
+        description="Run the broker wired to the embedded Entra emulator with a demo tenant (offline).",
     )
     _common_args(parser)
-    parser.add_argument("--state-dir", help="where the emulator writes its CA and demo certificates")
+    parser.add_argument(
+        "--state-dir",
+        help="keep the emulator's CA, certificates and keys here between runs "
+        "(default: a temporary directory, removed on exit)",
+    )
+    parser.add_argument("--reset", action="store_true", help="regenerate what --state-dir holds")
     parser.add_argument(
         "--emulator-port", type=int, default=0, help="emulator HTTPS port (default: any free)"
     )
     args = parser.parse_args(argv)
-    from agent_token_broker.dev import dev_environment, print_instructions
+    from agent_token_broker.dev import merged_environment, serve_dev, state_directory
     from entra_emulator.runner import EmulatorServer
 
-    state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="agent-token-broker-dev-"))
-    emulator = EmulatorServer(state_dir, port=args.emulator_port).start()
-    try:
-        env = dict(os.environ)
-        env.update(dev_environment(emulator))
-        os.environ["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
-        if not args.listen and "Broker__Listen" not in env:
-            args.listen = "127.0.0.1:5000"
-        settings = _load(args, env=env)
-        if settings is None:
-            return 2
-        setup_logging(settings.log_level)
-        print_instructions(settings, emulator)
-        return _serve(settings)
-    finally:
-        emulator.stop()
+    with state_directory(args.state_dir) as (state_dir, temporary):
+        emulator = EmulatorServer(state_dir, port=args.emulator_port, reset_state=args.reset).start()
+        try:
+            try:
+                overrides = _overrides(args)
+            except ConfigError as err:
+                for line in err.problems:
+                    print(f"config error: {line}", file=sys.stderr)
+                return 2
+            env = merged_environment(os.environ, emulator, overrides)
+            os.environ["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
+            settings = _load(args, env=env)
+            if settings is None:
+                return 2
+            setup_logging(settings.log_level)
+            code = _serve(settings, serve_dev(settings, emulator, temporary))
+            if code == 1:
+                print(
+                    'agent-token-broker dev: choose free ports, e.g. make dev ARGS="--listen 127.0.0.1:5001 '
+                    '--ops-listen 127.0.0.1:9465" (or Broker__Listen=... make dev)',
+                    file=sys.stderr,
+                )
+            return code
+        finally:
+            emulator.stop()

@@ -224,7 +224,7 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         return {"token": token, "expires_in": lifetime}
 
     async def rotate(request: web.Request) -> Any:
-        return {"active_kid": state.keys.rotate()}
+        return {"active_kid": state.rotate_keys()}
 
     async def settings(request: web.Request) -> Any:
         state.settings.update(await _body(request))

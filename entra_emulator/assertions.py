@@ -1,10 +1,19 @@
 """Validation of client assertions and of emulator-issued tokens presented back.
 
-Pure functions over already-loaded keys: no I/O.
+Pure functions over already-loaded keys: no I/O. PyJWT is the verifier of record (signature,
+algorithm, encoding, exp/iat); :class:`VerifiedTokens` remembers its verdict per exact token and
+key so that an assertion presented again costs no RSA verification (see ``verify_jwt``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import collections
+import hashlib
+import json
+import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,29 +27,101 @@ from entra_emulator.tenant import Blueprint, Fic
 
 LEEWAY = 60  # seconds of clock skew tolerated
 EXCHANGE_AUDIENCES = {demo.TOKEN_EXCHANGE_APP_ID, demo.TOKEN_EXCHANGE_RESOURCE.lower()}
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+class VerifiedTokens:
+    """Memo of signature checks: (SHA-256 of the exact token, key id) -> the claims PyJWT verified.
+
+    Clients present the same assertion many times (MSAL keeps a certificate assertion for
+    minutes; a broker presents one T1 for every resource of an agent), and PyJWT's parse plus
+    the RSA verification is a large part of what a token request costs. A hit skips only those:
+    every caller still checks the algorithm, that the key is still registered or published,
+    the expiry (in :func:`verify_jwt`) and every claim, on every request. Bounded (LRU).
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._entries: collections.OrderedDict[tuple[bytes, str], dict[str, Any]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[bytes, str]) -> dict[str, Any] | None:
+        claims = self._entries.get(key)
+        if claims is not None:
+            self._entries.move_to_end(key)
+        return claims
+
+    def put(self, key: tuple[bytes, str], claims: dict[str, Any]) -> None:
+        self._entries[key] = claims
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _segment_json(segment: str) -> Any:
+    """A JOSE segment's JSON value, or None (non-base64url characters, bad length, not JSON)."""
+    if not _SEGMENT.fullmatch(segment):
+        return None
+    stripped = segment.rstrip("=")
+    if len(stripped) % 4 == 1:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+
+
+def jws_header(token: str) -> dict[str, Any] | None:
+    """The JOSE header of a compact JWS (three segments), or None when malformed."""
+    parts = token.split(".")
+    header = _segment_json(parts[0]) if len(parts) == 3 else None
+    if not isinstance(header, dict) or not isinstance(header.get("kid", ""), str):
+        return None
+    return header
 
 
 def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims without verification; malformed -> AADSTS50027."""
-    try:
-        header = jwt.get_unverified_header(token)
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise invalid_client(50027, "JWT token is invalid or malformed.") from None
-    if not isinstance(claims, dict):
+    """Header and claims without verification, to pick the key; malformed -> AADSTS50027.
+
+    Only routes the request: nothing is accepted without :func:`verify_jwt`.
+    """
+    header = jws_header(token)
+    claims = _segment_json(token.split(".")[1]) if header is not None else None
+    if header is None or not isinstance(claims, dict):
         raise invalid_client(50027, "JWT token is invalid or malformed.")
     return header, claims
 
 
-def _decode(token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
-    """Verify signature and time claims (exp/iat required); audience checked by callers."""
-    return jwt.decode(
+def verify_jwt(
+    token: str, key: Any, algorithms: list[str], memo: VerifiedTokens | None = None, key_id: str = ""
+) -> dict[str, Any]:
+    """Verify signature and time claims (exp/iat required); audience checked by callers.
+
+    With ``memo``, a token PyJWT already verified with the key named ``key_id`` skips the
+    parse and the signature check; its expiry is checked again here exactly as PyJWT does
+    (``exp <= now - leeway`` is expired). ``iat``/``nbf`` only become more valid with time.
+    """
+    memo_key = (hashlib.sha256(token.encode()).digest(), key_id)
+    if memo is not None:
+        known = memo.get(memo_key)
+        if known is not None:
+            if int(known["exp"]) <= time.time() - LEEWAY:
+                raise jwt.ExpiredSignatureError("Signature has expired")
+            return known
+    claims: dict[str, Any] = jwt.decode(
         token,
         key,
         algorithms=algorithms,
         leeway=LEEWAY,
         options={"verify_aud": False, "require": ["exp", "iat"]},
     )
+    if memo is not None:
+        memo.put(memo_key, claims)
+    return claims
 
 
 def _thumb(value: Any) -> str | None:
@@ -50,7 +131,9 @@ def _thumb(value: Any) -> str | None:
     return value.rstrip("=").replace("+", "-").replace("/", "_")
 
 
-def verify_certificate_assertion(token: str, blueprint: Blueprint, token_endpoints: Iterable[str]) -> str:
+def verify_certificate_assertion(
+    token: str, blueprint: Blueprint, token_endpoints: Iterable[str], memo: VerifiedTokens | None = None
+) -> str:
     """Validate a certificate-signed client assertion for ``blueprint``.
 
     PS256 requires ``x5t#S256``; RS256 accepts ``x5t`` or ``x5t#S256``. The
@@ -75,11 +158,11 @@ def verify_certificate_assertion(token: str, blueprint: Blueprint, token_endpoin
             "Client assertion failed signature validation: the certificate used to sign it is not "
             f"registered on application '{blueprint.app_id}'.",
         )
-    public = cert.cert.public_key()
+    public = cert.public_key
     if not isinstance(public, rsa.RSAPublicKey):
         raise invalid_client(700027, "Registered certificate does not hold an RSA key.")
     try:
-        claims = _decode(token, public, [alg])
+        claims = verify_jwt(token, public, [alg], memo, f"cert:{cert.x5t_s256}")
     except jwt.ExpiredSignatureError:
         raise invalid_client(700024, "Client assertion is not within its valid time range.") from None
     except jwt.MissingRequiredClaimError as exc:
@@ -106,17 +189,17 @@ def verify_emulator_token(
     *,
     expired: Callable[[], EntraError],
     invalid: Callable[[str], EntraError],
+    memo: VerifiedTokens | None = None,
 ) -> dict[str, Any]:
     """Verify a token this emulator issued (RS256, a published kid, ``issuer``)."""
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise invalid("The token is malformed.") from None
+    header = jws_header(token)
+    if header is None:
+        raise invalid("The token is malformed.")
     key = keys.find(header.get("kid"))
     if key is None or header.get("alg") != "RS256":
         raise invalid("The token was not signed by a key of this issuer.")
     try:
-        claims = _decode(token, key.public, ["RS256"])
+        claims = verify_jwt(token, key.public, ["RS256"], memo, f"sig:{key.kid}")
     except jwt.ExpiredSignatureError:
         raise expired() from None
     except jwt.PyJWTError:
@@ -131,6 +214,7 @@ def verify_fic_assertion(
     blueprint: Blueprint,
     resolve_issuer: Callable[[Fic], str],
     verify_key: Callable[[str, dict[str, Any]], Any],
+    memo: VerifiedTokens | None = None,
 ) -> str:
     """Validate a federated assertion (MI token or workload token) against the
     blueprint's federated identity credentials. ``verify_key(iss, header)``
@@ -146,7 +230,7 @@ def verify_fic_assertion(
     if key is None or header.get("alg") != "RS256":
         raise invalid_client(700027, "Client assertion failed signature validation.")
     try:
-        claims = _decode(token, key, ["RS256"])
+        claims = verify_jwt(token, key, ["RS256"], memo, f"fic:{iss}:{header.get('kid')}")
     except jwt.ExpiredSignatureError:
         raise invalid_client(700024, "Client assertion is not within its valid time range.") from None
     except jwt.PyJWTError:

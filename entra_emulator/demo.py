@@ -40,3 +40,7 @@ BLUEPRINT_SP_OID = "3b6e9d21-0000-4c7e-b152-6f0a9e3d7c59"
 BLUEPRINT_SCOPE = "access_agent"
 PFX_PASSWORD = "demo-pfx-password"
 KUBERNETES_ISSUER = "https://kubernetes.emulator.local/oidc"
+
+# --- demo downstream APIs served by the emulator (demo_api.py), under its HTTPS URL ---
+DEMO_GRAPH_PATH = "/_demo/graph/v1.0/"
+DEMO_API_PATH = "/_demo/api/"

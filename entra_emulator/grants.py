@@ -193,11 +193,11 @@ def _authenticate(state: EmulatorState, tenant: str, client: Client, form: Mappi
         header, _ = unverified(assertion)
         if "x5t" in header or "x5t#S256" in header or "x5c" in header:
             client.azpacr = verify_certificate_assertion(
-                assertion, bp, state.accepted_assertion_audiences(tenant)
+                assertion, bp, state.accepted_assertion_audiences(tenant), state.verified
             )
         else:
             client.azpacr = verify_fic_assertion(
-                assertion, bp, lambda f: state.fic_issuer(f, bp.tenant), state.federated_key
+                assertion, bp, lambda f: state.fic_issuer(f, bp.tenant), state.federated_key, state.verified
             )
         return
     agent = client.agent
@@ -208,6 +208,7 @@ def _authenticate(state: EmulatorState, tenant: str, client: Client, form: Mappi
         assertion, state.keys, state.issuer(tenant),
         expired=lambda: invalid_client(700024, "Client assertion is not within its valid time range."),
         invalid=lambda d: invalid_client(700027, f"Client assertion failed signature validation. {d}"),
+        memo=state.verified,
     )
     if claims.get("aud") != demo.TOKEN_EXCHANGE_APP_ID:
         raise invalid_client(700212, "No matching federated identity record found for presented assertion audience.")
@@ -306,6 +307,7 @@ def _obo(state: EmulatorState, tenant: str, client: Client, form: Mapping[str, s
         assertion, state.keys, state.issuer(tenant),
         expired=lambda: invalid_grant(500133, "Assertion is not within its valid time range."),
         invalid=lambda d: bad_assertion(f"Assertion failed signature validation. {d}"),
+        memo=state.verified,
     )
     if claims.get("idtyp") != "user" or "scp" not in claims:
         raise bad_assertion("The assertion is not a delegated user token.")
@@ -356,6 +358,7 @@ def _user_fic(state: EmulatorState, tenant: str, client: Client, form: Mapping[s
         t2, state.keys, state.issuer(tenant),
         expired=lambda: invalid_grant(500133, "Assertion is not within its valid time range."),
         invalid=lambda d: bad_assertion(f"user_federated_identity_credential is not valid. {d}"),
+        memo=state.verified,
     )
     if (
         claims.get("aud") != demo.TOKEN_EXCHANGE_APP_ID

@@ -25,15 +25,17 @@ class EmulatorServer:
 
     Attributes after ``start()``: ``url`` ("https://127.0.0.1:PORT"), ``port``,
     ``mi_url`` ("http://127.0.0.1:MIPORT"), ``mi_port``, ``mi_secret``,
-    ``ca_path`` (STATE_DIR/ca.pem), ``state_dir``, ``authority`` (url + "/" + TENANT_ID).
+    ``ca_path`` (STATE_DIR/ca.pem), ``state_dir`` (absolute), ``authority`` (url + "/" + TENANT_ID).
+    Key material is reused from ``state_dir`` when it holds some (``reset_state``: regenerate).
     """
 
     def __init__(
         self, state_dir: Path, port: int = 0, mi_port: int = 0, mi_secret: str | None = None,
-        spec: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None, reset_state: bool = False,
     ) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self._port, self._mi_port, self._mi_secret, self._spec = port, mi_port, mi_secret, spec
+        self._reset_state = reset_state
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -68,7 +70,8 @@ class EmulatorServer:
         try:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self.emulator = AsyncEmulator(self.state_dir, self._port, self._mi_port, self._mi_secret, self._spec)
+            self.emulator = AsyncEmulator(self.state_dir, self._port, self._mi_port, self._mi_secret, self._spec,
+                                          reset_state=self._reset_state)
             await self.emulator.start()
             state = self.emulator.state
             self.url, self.mi_url, self.mi_secret = state.base_url, state.mi_url, state.mi_secret

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from entra_emulator.admin import add_admin_routes
+from entra_emulator.demo_api import add_demo_api_routes
 from entra_emulator.errors import EntraError, error_body
 from entra_emulator.faultio import apply_faults
 from entra_emulator.grants import classify, handle_token
@@ -125,10 +126,11 @@ async def _release_hung(app: web.Application) -> None:
 
 
 def create_app(state: EmulatorState) -> web.Application:
-    """The HTTPS application (discovery, JWKS, token endpoint, admin)."""
+    """The HTTPS application (discovery, JWKS, token endpoint, admin, demo downstream APIs)."""
     app = web.Application(client_max_size=256 * 1024)
     app[STATE] = state
     add_admin_routes(app, state)
+    add_demo_api_routes(app, state)
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", discovery)
     app.router.add_get("/{tenant}/discovery/v2.0/keys", jwks)
     app.router.add_get("/{tenant}/discovery/keys", jwks)
@@ -152,9 +154,9 @@ class AsyncEmulator:
 
     def __init__(
         self, state_dir: Path, port: int = 0, mi_port: int = 0, mi_secret: str | None = None,
-        spec: dict[str, Any] | None = None, host: str = "127.0.0.1",
+        spec: dict[str, Any] | None = None, host: str = "127.0.0.1", reset_state: bool = False,
     ) -> None:
-        self.state = EmulatorState(state_dir, spec, mi_secret)
+        self.state = EmulatorState(state_dir, spec, mi_secret, reset_state)
         self._port, self._mi_port, self._host = port, mi_port, host
         self._runners: list[web.AppRunner] = []
 

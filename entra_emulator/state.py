@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from entra_emulator import demo
+from entra_emulator.assertions import VerifiedTokens
 from entra_emulator.faults import FaultTable
-from entra_emulator.keys import (
-    SigningKeys,
-    TlsMaterial,
-    b64url,
-    make_blueprint_certificate,
-    make_tls,
-    new_rsa_key,
-)
 from entra_emulator.reqlog import RequestLog
+from entra_emulator.store import Material, StateDir
 from entra_emulator.tenant import Directory, Fic, build_directory, default_spec
 from entra_emulator.tokens import Minter, RefreshGrant, Settings
 
@@ -27,21 +18,25 @@ class EmulatorState:
     """Keys, directory, settings, refresh tokens, request log and faults.
 
     ``base_url`` is set once the HTTPS listener is bound (the issuer contains
-    the port). Keys and certificates are generated here, once.
+    the port). Key material comes from the state directory (``store.py``):
+    reused from a previous run, created when missing, regenerated on ``reset_state``.
     """
 
     def __init__(
-        self, state_dir: Path, spec: dict[str, Any] | None = None, mi_secret: str | None = None
+        self, state_dir: Path, spec: dict[str, Any] | None = None, mi_secret: str | None = None,
+        reset_state: bool = False,
     ) -> None:
-        self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateDir(state_dir)
+        self.material: Material = self.store.open(reset=reset_state)
+        self.state_dir = self.store.path
         self.spec = spec if spec is not None else default_spec()
-        self.mi_secret = mi_secret or secrets.token_urlsafe(24)
-        self.keys = SigningKeys()
-        self.k8s_key: rsa.RSAPrivateKey = new_rsa_key()
-        self.k8s_kid = b64url(secrets.token_bytes(12))
-        self.tls: TlsMaterial = make_tls(state_dir)
-        self.blueprint_cert = make_blueprint_certificate(state_dir, "agent-blueprint-demo", demo.PFX_PASSWORD)
+        self.mi_secret = mi_secret or self.material.mi_secret
+        self.keys = self.material.signing
+        self.k8s_key = self.material.k8s_key
+        self.k8s_kid = self.material.k8s_kid
+        self.tls = self.material.tls
+        self.blueprint_cert = self.material.blueprint_cert
+        self.verified = VerifiedTokens()
         self.directory: Directory = build_directory(self.spec, self.blueprint_cert)
         self.settings = Settings()
         self.base_url = "https://127.0.0.1:0"
@@ -50,6 +45,12 @@ class EmulatorState:
         self.refresh_tokens: dict[str, RefreshGrant] = {}
         self.log = RequestLog()
         self.faults = FaultTable()
+
+    def rotate_keys(self) -> str:
+        """A new active signing key (the previous one stays published); kept in the state dir."""
+        kid = self.keys.rotate()
+        self.store.save_keys(self.material)
+        return kid
 
     # ---- URLs --------------------------------------------------------------
     def issuer(self, tenant: str) -> str:

@@ -1,10 +1,11 @@
 """Operator cache eviction on the ops listener (like Vault Agent's ``/agent/v1/cache-clear``).
 
 ``POST /admin/cache/clear`` with ``Authorization: Bearer <Broker__Cache__AdminSecret>`` and a
-JSON body ``{"type": "agent" | "blueprint" | "all", "value": "<id>"}`` (no ``value`` for
-``all``) removes the matching cached tokens (and their remembered failures) at once and
-answers ``{"type": ..., "value": ..., "evicted": N, "remaining": M}``. The route exists
-only when the secret is configured; every error is problem+json.
+JSON body ``{"type": "agent" | "blueprint" | "all", "value": "<client id GUID>"}`` (no ``value``
+for ``all``; a value that is not a GUID is a 400) removes the matching cached tokens (and their
+remembered failures) at once and answers ``{"type": ..., "value": ..., "evicted": N,
+"remaining": M}``. The route exists only when the secret is configured; every error is
+problem+json (a body over the ops app's size limit: 413 ``payload-too-large``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
+import uuid
 
 from aiohttp import web
 
@@ -26,7 +27,6 @@ log = logging.getLogger("agent_token_broker.admin")
 
 CLEAR_PATH = "/admin/cache/clear"
 CLEAR_TYPES = ("agent", "blueprint", "all")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _authorize(request: web.Request, secret: str) -> None:
@@ -62,9 +62,13 @@ async def _read_body(request: web.Request) -> tuple[str, str | None]:
         if value is not None:
             raise ProblemError(400, "'value' is not allowed with type 'all'", slug="bad-request")
         return kind, None
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ProblemError(400, f"'value' must be the {kind}'s client id", slug="bad-request")
-    return kind, value
+    try:  # client ids are GUIDs: anything else cannot name a cached token
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError(value)
+        guid = str(uuid.UUID(value))
+    except ValueError:
+        raise ProblemError(400, f"'value' must be the {kind}'s client id (a GUID)", slug="bad-request") from None
+    return kind, guid
 
 
 def evict(runtime: Runtime, kind: str, value: str | None) -> int:

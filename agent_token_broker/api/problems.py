@@ -67,6 +67,7 @@ PROBLEM_TITLES = {
     "not-found": "no such route",
     "method-not-allowed": "HTTP method not allowed on this route",
     "body-too-large": "request body too large",
+    "payload-too-large": "request body too large",  # aiohttp's own 413 (the ops app's body limit)
     "too-long": "query string too long",
     "headers-too-large": "request headers too large",
     "too-many-concurrent-requests": "too many concurrent requests",

@@ -61,7 +61,8 @@ async def test_cache_clear_by_agent_blueprint_and_all(
             s, broker.ops_url, {"type": "blueprint", "value": demo.BLUEPRINT_APP_ID}
         )
         assert status == 200 and body["evicted"] == 5 and body["remaining"] == 0, body
-        status, _, body = await _clear(s, broker.ops_url, {"type": "blueprint", "value": "someone-else"})
+        other = "0b0b0b0b-0000-4000-8000-00000000000b"
+        status, _, body = await _clear(s, broker.ops_url, {"type": "blueprint", "value": other})
         assert status == 200 and body["evicted"] == 0, body
 
         assert (await fetch(s, api + app_path(A2))).status == 200
@@ -87,11 +88,22 @@ async def test_cache_clear_refuses_bad_secret_and_bad_bodies(
             {"type": "everything"},
             {"type": "agent"},
             {"type": "agent", "value": "../etc"},
+            {"type": "agent", "value": "not-a-guid"},  # a name no cached token can carry: 400, not "evicted 0"
+            {"type": "agent", "value": A1 + "0"},
+            {"type": "agent", "value": 42},
+            {"type": "blueprint", "value": "someone-else"},
             {"type": "all", "value": A1},
         ]
         for bad in bad_bodies:
             status, ctype, body = await _clear(s, broker.ops_url, bad)
             assert (status, ctype) == (400, "application/problem+json"), (bad, body)
+            assert body["type"] == "urn:agent-token-broker:problem:bad-request", body
+            if isinstance(bad, dict) and bad.get("type") != "all" and "value" in bad:
+                assert "GUID" in body["detail"], body
+        too_big = json.dumps({"type": "all", "pad": "x" * (128 * 1024)})
+        status, ctype, body = await _clear(s, broker.ops_url, too_big)
+        assert (status, ctype) == (413, "application/problem+json"), body
+        assert body["type"] == "urn:agent-token-broker:problem:payload-too-large", body
         async with s.get(broker.ops_url + CLEAR, headers={"Authorization": f"Bearer {SECRET}"}) as resp:
             assert resp.status == 405 and resp.content_type == "application/problem+json"
         # Nothing above evicted anything.

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +15,6 @@ from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import base_env
 from tests.integration.serve_process import clean_env, serve_process
-from tests.support import free_port
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 
@@ -90,51 +85,3 @@ def test_port_in_use_is_a_clear_error(emulator: EmulatorServer, tmp_path: Path) 
         out = subprocess.run([*CLI, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "cannot listen" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_dev_command_prints_working_curl_lines(tmp_path: Path) -> None:
-    """README's first command: `dev` starts the emulator and the broker and prints curl lines that work."""
-    port = free_port()
-    env = clean_env({})
-    env.pop("REQUESTS_CA_BUNDLE", None)
-    proc = subprocess.Popen(
-        [*CLI, "dev", "--listen", f"127.0.0.1:{port}", "--ops-listen", "off", "--state-dir", str(tmp_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        while time.monotonic() < deadline and not any("Ctrl-C" in line for line in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            lines.append(line)
-        urls = [
-            line.split("'")[1]
-            for line in lines
-            if line.strip().startswith("curl -s '") and "/AuthorizationHeaderUnauthenticated/" in line
-        ]
-        assert len(urls) == 3, lines
-        deadline = time.monotonic() + 30
-        while True:  # the listener opens right after the instructions are printed
-            try:
-                resp = requests.get(urls[0], timeout=10)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
-        assert resp.status_code == 200, resp.text
-        payload = resp.json()["authorizationHeader"].split()[1].split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        assert claims["oid"] == demo.AGENT_1_ID and claims["idtyp"] == "app"
-        for url in urls[1:]:
-            resp = requests.get(url, timeout=10)
-            assert resp.status_code == 200, resp.text
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0

@@ -1,0 +1,280 @@
+"""How fast does the emulator issue tokens? (issue 17: warming 100k identities must not wait on it)
+
+Runs the emulator as its own process (``python -m entra_emulator``, a tenant with N agent
+identities) and measures, per identity, the two tokens a broker needs to serve an autonomous
+agent token: **T1** (blueprint + ``fmi_path``) and the **agent app token** (client assertion = T1):
+
+- ``direct``: an aiohttp client in this process posts the two token requests itself;
+- ``broker``: ``agent-token-broker serve`` (MSAL in the loop) warms the N identities through
+  ``/AuthorizationHeaderUnauthenticated/graph`` (``--concurrency`` requests in flight).
+
+Reported per mode: tokens/s (wall clock), the emulator's CPU seconds per token (from
+``/proc/<pid>/stat``; ``1 / cpu_per_token`` is what one core of emulator can issue), and, in
+``broker`` mode, the broker's CPU per token. ``--profile`` runs the emulator under cProfile and
+prints its top frames. Results go to ``--out`` (default ``loadtests/results``) as
+``<date>-emulator-bench.json`` and ``.md`` with the command line.
+
+    python -m loadtests.emulator_bench                       # 2,000 identities, both modes
+    python -m loadtests.emulator_bench --identities 20000 --mode broker --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import pstats
+import shlex
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from entra_emulator import demo
+from loadtests import procs
+from loadtests.context import BENCH_LIMITS
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FMI_SCOPE = demo.TOKEN_EXCHANGE_SCOPE
+GRAPH_SCOPE = f"{demo.GRAPH_RESOURCE}/.default"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (threads included)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Emulator:
+    """``python -m entra_emulator`` with a tenant of ``n`` agent identities (optionally under cProfile)."""
+
+    def __init__(self, workdir: Path, n: int, profile_out: Path | None) -> None:
+        spec = procs.tenant_spec(max(n, 3))
+        spec_file = workdir / "tenant.json"
+        spec_file.write_text(json.dumps(spec))
+        self.port, mi_port = procs.free_port(), procs.free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.authority = f"{self.url}/{demo.TENANT_ID}"
+        self.state_dir = workdir / "emulator-state"
+        self.ca_path = self.state_dir / "ca.pem"
+        args = ["--port", str(self.port), "--mi-port", str(mi_port), "--state-dir", str(self.state_dir),
+                "--tenant-file", str(spec_file)]
+        if profile_out is None:
+            cmd = [sys.executable, "-m", "entra_emulator", *args]
+        else:  # the emulator returns from main() on SIGTERM, so cProfile writes its stats
+            code = ("import cProfile; from entra_emulator.cli import main; "
+                    f"cProfile.runctx('main(a)', {{}}, {{'main': main, 'a': {args!r}}}, {str(profile_out)!r})")
+            cmd = [sys.executable, "-c", code]
+        self._log = open(workdir / "emulator.log", "ab")
+        self.proc = subprocess.Popen(cmd, cwd=procs.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120  # a 100k-agent tenant file takes a while to load
+        while not self.ca_path.exists() or not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"emulator did not start (see {workdir / 'emulator.log'})")
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.authority}/v2.0/.well-known/openid-configuration",
+                                        timeout=2, context=ctx) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def token_counts(self) -> dict[str, int]:
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        with urllib.request.urlopen(f"{self.url}/_emulator/log?since={10**12}", timeout=10, context=ctx) as resp:
+            counts: dict[str, int] = json.load(resp)["counts"]
+        return counts
+
+    def stop(self) -> None:
+        procs.stop_process(self.proc, timeout=60)
+        self._log.close()
+
+
+async def _direct(emu: Emulator, agents: list[str], concurrency: int) -> dict[str, Any]:
+    ctx = ssl.create_default_context(cafile=str(emu.ca_path))
+    token_url = f"{emu.authority}/oauth2/v2.0/token"
+    failures: dict[str, int] = {}
+    ok = 0
+    queue = iter(agents)
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ctx)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def post(form: dict[str, str]) -> str | None:
+            async with http.post(token_url, data=form) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    key = f"{resp.status} {body.get('error_codes')}"
+                    failures[key] = failures.get(key, 0) + 1
+                    return None
+                return str(body["access_token"])
+
+        async def worker() -> None:
+            nonlocal ok
+            for agent in queue:
+                t1 = await post({"grant_type": "client_credentials", "client_id": demo.BLUEPRINT_APP_ID,
+                                 "client_secret": demo.BLUEPRINT_SECRET, "scope": FMI_SCOPE, "fmi_path": agent})
+                if t1 is None:
+                    continue
+                app = await post({"grant_type": "client_credentials", "client_id": agent, "scope": GRAPH_SCOPE,
+                                  "client_assertion_type": ASSERTION_TYPE, "client_assertion": t1})
+                ok += 2 if app is not None else 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"tokens": ok, "failures": failures}
+
+
+def run_direct(emu: Emulator, agents: list[str], concurrency: int) -> dict[str, Any]:
+    cpu0, t0 = emu.cpu(), time.monotonic()
+    result = asyncio.run(_direct(emu, agents, concurrency))
+    wall, cpu = time.monotonic() - t0, emu.cpu() - cpu0
+    return _figures("direct", result["tokens"], wall, cpu, None) | {"failures": result["failures"]}
+
+
+def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path) -> dict[str, Any]:
+    from loadtests import clients
+
+    port, ops = procs.free_port(), procs.free_port()
+    env = dict(os.environ)
+    env.update({
+        "AzureAd__Instance": emu.url + "/",
+        "AzureAd__TenantId": demo.TENANT_ID,
+        "AzureAd__ClientId": demo.BLUEPRINT_APP_ID,
+        "AzureAd__ClientCredentials__0__SourceType": "ClientSecret",
+        "AzureAd__ClientCredentials__0__ClientSecret": demo.BLUEPRINT_SECRET,
+        "DownstreamApis__graph__Scopes__0": GRAPH_SCOPE,
+        "Broker__Listen": f"127.0.0.1:{port}",
+        "Broker__OpsListen": f"127.0.0.1:{ops}",
+        "Logging__LogLevel__Default": "Warning",
+        "REQUESTS_CA_BUNDLE": str(emu.ca_path),
+        **BENCH_LIMITS,
+    })
+    log = open(workdir / "broker.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "agent_token_broker.cli", "serve"], env=env, cwd=procs.ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        procs.wait_http(f"http://127.0.0.1:{ops}/readyz", proc=proc)
+        before = emu.token_counts()
+        cpu0, bcpu0, t0 = emu.cpu(), cpu_seconds(proc.pid), time.monotonic()
+        paths = [(f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={a}", {}) for a in agents]
+        warmed = clients.warm(f"http://127.0.0.1:{port}", paths, concurrency=concurrency, max_seconds=1800)
+        wall, cpu, bcpu = time.monotonic() - t0, emu.cpu() - cpu0, cpu_seconds(proc.pid) - bcpu0
+        after = emu.token_counts()
+    finally:
+        procs.stop_process(proc)
+        log.close()
+    issued = {leg: after.get(leg, 0) - before.get(leg, 0) for leg in ("t1", "app")}
+    out = _figures("broker", issued["t1"] + issued["app"], wall, cpu, bcpu)
+    return out | {"identities_ok": warmed.ok, "identities_failed": warmed.failed,
+                  "statuses": {str(k): v for k, v in warmed.statuses.items()}, "upstream": issued}
+
+
+def _figures(mode: str, tokens: int, wall: float, cpu: float, broker_cpu: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "mode": mode, "tokens": tokens, "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 1) if wall else 0.0,
+        "emulator_cpu_s": round(cpu, 2),
+        "emulator_cpu_ms_per_token": round(1000 * cpu / tokens, 3) if tokens else None,
+        "emulator_tokens_per_cpu_s": round(tokens / cpu, 1) if cpu else None,
+    }
+    if broker_cpu is not None:
+        out["broker_cpu_s"] = round(broker_cpu, 2)
+        out["broker_cpu_ms_per_identity"] = round(2000 * broker_cpu / tokens, 3) if tokens else None
+        if tokens:  # 100k identities = 200k tokens, on the CPU both processes used per token here
+            per_token = (cpu + broker_cpu) / tokens
+            out["projected_100k_identities_cpu_s"] = round(200_000 * per_token, 1)
+    return out
+
+
+def top_frames(profile: Path, n: int = 25) -> str:
+    import io
+
+    buf = io.StringIO()
+    pstats.Stats(str(profile), stream=buf).sort_stats("tottime").print_stats(n)
+    return buf.getvalue()
+
+
+def write_results(out: Path, command: str, runs: list[dict[str, Any]], profile_text: str | None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.date.today().isoformat()
+    meta = {"command": command, "python": platform.python_version(), "cpus": os.cpu_count(),
+            "machine": platform.machine(), "load_avg_at_end": os.getloadavg()}
+    (out / f"{stamp}-emulator-bench.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
+    lines = [f"# Emulator token-issuing rate ({stamp})", "", f"Command: `{command}`", "",
+             f"Python {meta['python']}, {meta['cpus']} CPUs ({meta['machine']}), load average at end "
+             f"{', '.join(f'{x:.2f}' for x in meta['load_avg_at_end'])}.", "",
+             "| mode | identities | tokens | wall s | tokens/s | emulator CPU ms/token | emulator tokens per CPU-s "
+             "| broker CPU ms/identity | projected CPU-s for 100k identities |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['mode']} | {r['identities']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s']} | "
+                     f"{r['emulator_cpu_ms_per_token']} | {r['emulator_tokens_per_cpu_s']} | "
+                     f"{r.get('broker_cpu_ms_per_identity', '-')} | {r.get('projected_100k_identities_cpu_s', '-')} |")
+    if profile_text:
+        lines += ["", "## Emulator profile (cProfile, by own time)", "", "```", profile_text.strip(), "```"]
+    path = out / f"{stamp}-emulator-bench.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.emulator_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--identities", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--mode", default="direct,broker", help="comma-separated: direct, broker")
+    p.add_argument("--profile", action="store_true", help="run the emulator under cProfile")
+    p.add_argument("--profile-file", type=Path, default=None, help="keep the emulator's cProfile stats here")
+    p.add_argument("--out", type=Path, default=procs.ROOT / "loadtests" / "results")
+    args = p.parse_args(argv)
+    command = "python -m loadtests.emulator_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    unknown = set(modes) - {"direct", "broker"}
+    if unknown:
+        p.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
+    agents = procs.agent_ids(args.identities)
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="emulator-bench-") as tmp:
+        workdir = Path(tmp)
+        profile = (args.profile_file or workdir / "emulator.prof") if args.profile else None
+        emu = Emulator(workdir, args.identities, profile)
+        try:
+            for mode in modes:  # each mode gets its own identities: no T1 is reused from a previous mode
+                half = agents if len(modes) == 1 else agents[modes.index(mode)::len(modes)]
+                if mode == "direct":
+                    run = run_direct(emu, half, args.concurrency)
+                else:
+                    run = run_broker(emu, half, args.concurrency, workdir)
+                run["identities"] = len(half)
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+        finally:
+            emu.stop()
+        profile_text = top_frames(profile) if profile is not None and profile.exists() else None
+    if profile_text:
+        print(profile_text)
+    print(f"wrote {write_results(args.out, command, runs, profile_text)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,13 +42,13 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     spec = load_spec(args.tenant_file) if args.tenant_file else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a client may stop us right after it
+        loop.add_signal_handler(sig, stop.set)
     emu = AsyncEmulator(args.state_dir, args.port, args.mi_port, args.mi_secret, spec, reset_state=args.reset)
     await emu.start()
     print(banner(emu.state), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

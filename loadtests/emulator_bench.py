@@ -58,7 +58,7 @@ def cpu_seconds(pid: int) -> float:
 class Emulator:
     """``python -m entra_emulator`` with a tenant of ``n`` agent identities (optionally under cProfile)."""
 
-    def __init__(self, workdir: Path, n: int, profile_out: Path | None) -> None:
+    def __init__(self, workdir: Path, n: int, profile_out: Path | None, src: Path | None = None) -> None:
         spec = procs.tenant_spec(max(n, 3))
         spec_file = workdir / "tenant.json"
         spec_file.write_text(json.dumps(spec))
@@ -76,7 +76,8 @@ class Emulator:
                     f"cProfile.runctx('main(a)', {{}}, {{'main': main, 'a': {args!r}}}, {str(profile_out)!r})")
             cmd = [sys.executable, "-c", code]
         self._log = open(workdir / "emulator.log", "ab")
-        self.proc = subprocess.Popen(cmd, cwd=procs.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        # ``src``: run another checkout's emulator (an A/B against a baseline commit).
+        self.proc = subprocess.Popen(cmd, cwd=src or procs.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120  # a 100k-agent tenant file takes a while to load
         while not self.ca_path.exists() or not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -217,9 +218,10 @@ def top_frames(profile: Path, n: int = 25) -> str:
 def write_results(out: Path, command: str, runs: list[dict[str, Any]], profile_text: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.date.today().isoformat()
+    name = f"{stamp}-emulator-bench" + (f"-{runs[0]['label']}" if runs and runs[0].get("label") else "")
     meta = {"command": command, "python": platform.python_version(), "cpus": os.cpu_count(),
             "machine": platform.machine(), "load_avg_at_end": os.getloadavg()}
-    (out / f"{stamp}-emulator-bench.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
     lines = [f"# Emulator token-issuing rate ({stamp})", "", f"Command: `{command}`", "",
              f"Python {meta['python']}, {meta['cpus']} CPUs ({meta['machine']}), load average at end "
              f"{', '.join(f'{x:.2f}' for x in meta['load_avg_at_end'])}.", "",
@@ -232,7 +234,7 @@ def write_results(out: Path, command: str, runs: list[dict[str, Any]], profile_t
                      f"{r.get('broker_cpu_ms_per_identity', '-')} | {r.get('projected_100k_identities_cpu_s', '-')} |")
     if profile_text:
         lines += ["", "## Emulator profile (cProfile, by own time)", "", "```", profile_text.strip(), "```"]
-    path = out / f"{stamp}-emulator-bench.md"
+    path = out / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="run the emulator under cProfile")
     p.add_argument("--profile-file", type=Path, default=None, help="keep the emulator's cProfile stats here")
     p.add_argument("--out", type=Path, default=procs.ROOT / "loadtests" / "results")
+    p.add_argument("--emulator-src", type=Path, default=None,
+                   help="run the emulator package from this source tree (e.g. `git archive` of a baseline commit)")
+    p.add_argument("--label", default="", help="a name for this run in the results (e.g. before/after)")
     args = p.parse_args(argv)
     command = "python -m loadtests.emulator_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="emulator-bench-") as tmp:
         workdir = Path(tmp)
         profile = (args.profile_file or workdir / "emulator.prof") if args.profile else None
-        emu = Emulator(workdir, args.identities, profile)
+        emu = Emulator(workdir, args.identities, profile, args.emulator_src)
         try:
             for mode in modes:  # each mode gets its own identities: no T1 is reused from a previous mode
                 half = agents if len(modes) == 1 else agents[modes.index(mode)::len(modes)]
@@ -265,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     run = run_broker(emu, half, args.concurrency, workdir)
                 run["identities"] = len(half)
+                run["label"] = args.label
                 runs.append(run)
                 print(json.dumps(run), flush=True)
         finally:

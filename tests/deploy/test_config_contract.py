@@ -141,6 +141,10 @@ def test_compose_broker_env_is_accepted_and_wired_to_the_emulator() -> None:
     assert emulator["build"]["target"] == "dev" and emulator["image"] != broker["image"]
     assert "target" not in broker["build"] and agent["image"] == broker["image"]
     assert agent["environment"]["AGENT_IDENTITY"] in (demo.AGENT_1_ID, demo.AGENT_2_ID)
+    # Offline: every downstream API is one of the emulator's demo APIs, never a real Microsoft URL.
+    bases = {name: api.base_url for name, api in settings.downstream_apis.items()}
+    assert bases == {"graph": f"https://127.0.0.1:{port}{demo.DEMO_GRAPH_PATH}",
+                     "demo": f"https://127.0.0.1:{port}{demo.DEMO_API_PATH}"}, bases
 
 
 def test_configmap_keys_are_the_broker_env_and_nothing_else() -> None:

@@ -140,8 +140,9 @@ def dev_main(argv: Sequence[str]) -> int:
                 for line in err.problems:
                     print(f"config error: {line}", file=sys.stderr)
                 return 2
+            # Trust the emulator's CA (MSAL reads the process environment), before the checks read it.
+            os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(emulator.ca_path)
             env = merged_environment(os.environ, emulator, overrides)
-            os.environ["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
             settings = _load(args, env=env)
             if settings is None:
                 return 2

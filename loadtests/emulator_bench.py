@@ -152,7 +152,18 @@ def run_direct(emu: Emulator, agents: list[str], concurrency: int) -> dict[str, 
     return _figures("direct", result["tokens"], wall, cpu, None) | {"failures": result["failures"]}
 
 
-def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path) -> dict[str, Any]:
+def broker_credential(emu: Emulator, kind: str) -> dict[str, str]:
+    """The blueprint credential the broker uses: the demo secret, or the emulator's PFX (what
+    production looks like: MSAL signs one certificate assertion and reuses it for minutes)."""
+    cred = "AzureAd__ClientCredentials__0__"
+    if kind == "secret":
+        return {cred + "SourceType": "ClientSecret", cred + "ClientSecret": demo.BLUEPRINT_SECRET}
+    return {cred + "SourceType": "Path", cred + "CertificateDiskPath": str(emu.state_dir / "blueprint.pfx"),
+            cred + "CertificatePassword": demo.PFX_PASSWORD}
+
+
+def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path,
+               credential: str = "secret") -> dict[str, Any]:
     from loadtests import clients
 
     port, ops = procs.free_port(), procs.free_port()
@@ -161,8 +172,7 @@ def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path
         "AzureAd__Instance": emu.url + "/",
         "AzureAd__TenantId": demo.TENANT_ID,
         "AzureAd__ClientId": demo.BLUEPRINT_APP_ID,
-        "AzureAd__ClientCredentials__0__SourceType": "ClientSecret",
-        "AzureAd__ClientCredentials__0__ClientSecret": demo.BLUEPRINT_SECRET,
+        **broker_credential(emu, credential),
         "DownstreamApis__graph__Scopes__0": GRAPH_SCOPE,
         "Broker__Listen": f"127.0.0.1:{port}",
         "Broker__OpsListen": f"127.0.0.1:{ops}",
@@ -186,7 +196,7 @@ def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path
         log.close()
     issued = {leg: after.get(leg, 0) - before.get(leg, 0) for leg in ("t1", "app")}
     out = _figures("broker", issued["t1"] + issued["app"], wall, cpu, bcpu)
-    return out | {"identities_ok": warmed.ok, "identities_failed": warmed.failed,
+    return out | {"credential": credential,"identities_ok": warmed.ok, "identities_failed": warmed.failed,
                   "statuses": {str(k): v for k, v in warmed.statuses.items()}, "upstream": issued}
 
 
@@ -229,7 +239,8 @@ def write_results(out: Path, command: str, runs: list[dict[str, Any]], profile_t
              "| broker CPU ms/identity | projected CPU-s for 100k identities |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['mode']} | {r['identities']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s']} | "
+        mode = r["mode"] + (f" ({r['credential']})" if "credential" in r else "")
+        lines.append(f"| {mode} | {r['identities']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s']} | "
                      f"{r['emulator_cpu_ms_per_token']} | {r['emulator_tokens_per_cpu_s']} | "
                      f"{r.get('broker_cpu_ms_per_identity', '-')} | {r.get('projected_100k_identities_cpu_s', '-')} |")
     if profile_text:
@@ -244,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--mode", default="direct,broker", help="comma-separated: direct, broker")
+    p.add_argument("--credential", choices=("secret", "certificate"), default="secret",
+                   help="the broker's blueprint credential in broker mode (default secret)")
     p.add_argument("--profile", action="store_true", help="run the emulator under cProfile")
     p.add_argument("--profile-file", type=Path, default=None, help="keep the emulator's cProfile stats here")
     p.add_argument("--out", type=Path, default=procs.ROOT / "loadtests" / "results")
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "direct":
                     run = run_direct(emu, half, args.concurrency)
                 else:
-                    run = run_broker(emu, half, args.concurrency, workdir)
+                    run = run_broker(emu, half, args.concurrency, workdir, args.credential)
                 run["identities"] = len(half)
                 run["label"] = args.label
                 runs.append(run)

@@ -59,7 +59,7 @@ def test_graph_users_for_an_app_token_and_me_refused(emulator: EmulatorServer, a
     app = _app_token(emulator, f"{demo.GRAPH_RESOURCE}/.default")
     resp = _call(emulator, GRAPH + "users", app)
     assert resp.status_code == 200, resp.text
-    assert {u["id"] for u in resp.json()["value"]} == {demo.DEMO_USER_OID, demo.AGENT_USER_OID}
+    assert {u["id"] for u in resp.json()["value"]} == {demo.DEMO_USER_OID, demo.DEMO_USER_2_OID, demo.AGENT_USER_OID}
     one = _call(emulator, GRAPH + f"users/{demo.AGENT_USER_UPN}", app)
     assert one.status_code == 200 and one.json()["id"] == demo.AGENT_USER_OID
     _error(_call(emulator, GRAPH + "users/nobody@demo.example", app), 404, "Request_ResourceNotFound")

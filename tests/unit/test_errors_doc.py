@@ -1,7 +1,8 @@
 """docs/errors.md lists exactly the problem types the broker can answer, with their statuses (issue 19.6).
 
 The code side is read from the source: every ``ProblemError(...)``/``problem_response(...)`` call with a
-literal ``slug``, or without one (the type is then derived from the status, ``problems.default_slug``).
+literal ``slug``, or without one (the type is then derived from the status, ``problems.default_slug``), and
+the listeners' pre-rendered answers (``_canned(status, reason, detail, slug)``).
 aiohttp's own HTTP exceptions reach the error middleware with a status chosen at run time; the ones
 the broker's apps can raise are listed here (404 and 405 from routing, 413 from the ops app's body
 limit) and checked live in the integration tests.
@@ -17,6 +18,8 @@ from agent_token_broker.api.problems import default_slug
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_EXCEPTION_STATUSES = (404, 405, 413)
+PROBLEM_BUILDERS = ("ProblemError", "problem_response")  # slug= keyword, else derived from the status
+CANNED_BUILDERS = {"_canned": 3}  # pre-rendered answers: positional index of the slug
 
 
 def documented() -> dict[str, set[int]]:
@@ -43,10 +46,13 @@ def in_code() -> dict[str, set[int]]:
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-            if name not in ("ProblemError", "problem_response") or not node.args:
+            if name not in (*PROBLEM_BUILDERS, *CANNED_BUILDERS) or not node.args:
                 continue
             status = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
-            slug_node = next((k.value for k in node.keywords if k.arg == "slug"), None)
+            if name in CANNED_BUILDERS:  # listeners.py: answers written before aiohttp sees the request
+                slug_node: ast.expr | None = node.args[CANNED_BUILDERS[name]]
+            else:
+                slug_node = next((k.value for k in node.keywords if k.arg == "slug"), None)
             if isinstance(slug_node, ast.Constant):
                 slugs = [slug_node.value]
             elif isinstance(slug_node, ast.IfExp):  # slug="a" if ... else "b"

@@ -31,7 +31,6 @@ import requests
 
 from entra_emulator import demo
 from tests.integration.test_cli import CLI, clean_env
-from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -115,8 +114,7 @@ def _wait_ready(ops_url: str) -> None:
 
 @pytest.fixture
 def dev() -> Iterator[Dev]:
-    port = free_port()
-    running = _start([*CLI, "dev", "--listen", f"127.0.0.1:{port}", "--ops-listen", "off"], _env())
+    running = _start([*CLI, "dev", "--listen", "127.0.0.1:0", "--ops-listen", "off"], _env())
     try:
         yield running
     finally:
@@ -186,8 +184,7 @@ def test_every_printed_command_works(dev: Dev) -> None:
 
 
 def test_msi_example_omitted_when_the_endpoint_is_off(tmp_path: Path) -> None:
-    port = free_port()
-    running = _start([*CLI, "dev", "--listen", f"127.0.0.1:{port}", "--ops-listen", "off", "--state-dir",
+    running = _start([*CLI, "dev", "--listen", "127.0.0.1:0", "--ops-listen", "off", "--state-dir",
                       str(tmp_path), "--set", "Broker__ManagedIdentityEndpoint__Enabled=false"], _env())
     try:
         assert "/msi/token" in running.banner and "is off" in running.banner
@@ -201,7 +198,7 @@ def test_msi_example_omitted_when_the_endpoint_is_off(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_temporary_state_directory_is_removed_on_exit(sig: int) -> None:
-    running = _start([*CLI, "dev", "--listen", f"127.0.0.1:{free_port()}", "--ops-listen", "off"], _env())
+    running = _start([*CLI, "dev", "--listen", "127.0.0.1:0", "--ops-listen", "off"], _env())
     state = Path(running.value("state"))
     assert state.is_dir() and "removed on exit" in running.banner
     assert oct(state.stat().st_mode & 0o777) == oct(0o700)
@@ -221,20 +218,22 @@ def _make_dev(env: dict[str, str], args: str | None) -> list[str]:
 def test_make_dev_takes_a_port_override(how: str) -> None:
     if not shutil.which("make"):
         pytest.fail("make missing (README's quickstart needs it)")
-    port, ops = free_port(), free_port()
+    # Port 0 (any free port; the banner shows the bound one) keeps the test free of port races;
+    # the defaults are 5000 and 9464, so other ports in the banner mean the override was applied.
     if how == "ARGS":
-        cmd, env = _make_dev(_env(), f"--listen 127.0.0.1:{port} --ops-listen 127.0.0.1:{ops}"), _env()
+        cmd, env = _make_dev(_env(), "--listen 127.0.0.1:0 --ops-listen 127.0.0.1:0"), _env()
     else:
-        env = _env(Broker__Listen=f"127.0.0.1:{port}", Broker__OpsListen=f"127.0.0.1:{ops}")
+        env = _env(Broker__Listen="127.0.0.1:0", Broker__OpsListen="127.0.0.1:0")
         cmd = _make_dev(env, None)
     running = _start(cmd, env)
     try:
-        assert running.value("broker API") == f"http://127.0.0.1:{port}"
-        assert running.value("ops") == f"http://127.0.0.1:{ops}"
-        resp = requests.get(f"http://127.0.0.1:{port}/AuthorizationHeaderUnauthenticated/graph"
-                            f"?AgentIdentity={demo.AGENT_1_ID}", timeout=30)
+        api, ops = running.value("broker API"), running.value("ops")
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", api) and re.fullmatch(r"http://127\.0\.0\.1:\d+", ops)
+        assert not api.endswith(":5000") and not ops.endswith(":9464"), (api, ops)
+        resp = requests.get(f"{api}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}",
+                            timeout=30)
         assert resp.status_code == 200, resp.text
-        _wait_ready(f"http://127.0.0.1:{ops}")
+        _wait_ready(ops)
     finally:
         running.stop()
 

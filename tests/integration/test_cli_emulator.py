@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ import requests
 
 from entra_emulator import demo
 from tests.integration.test_cli import CLI, clean_env
-from tests.support import free_port
 
 START_TIMEOUT = 60.0
+LISTENING = re.compile(r"API listening on (http://[0-9.:]+); ops on (http://[0-9.:]+)")
 
 
 @dataclass
@@ -96,31 +97,33 @@ def emulator_process(tmp_path: Path) -> Iterator[Banner]:
 
 def _serve_from_shell(banner: Banner, variant: str, tmp_path: Path) -> tuple[int, str]:
     """Paste the common lines and one variant into bash, then ``serve``; returns the broker's
-    exit code and its stderr after two requests and SIGTERM."""
-    port, ops = free_port(), free_port()
+    exit code and its stderr after two requests and SIGTERM. Port 0 (no port races): the
+    addresses are read from the broker's "API listening on" log line."""
     script = "\n".join([
         "set -eu",
         *banner.common,
         banner.variants[variant],
-        f"exec {' '.join(CLI)} serve --listen 127.0.0.1:{port} --ops-listen 127.0.0.1:{ops}",
+        f"exec {' '.join(CLI)} serve --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --log-level Information",
     ])
     env = clean_env({})
     for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"):
         env.pop(name, None)
-    proc = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
+        listening = None
+        while listening is None:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{variant}: " + "".join(err)
+            time.sleep(0.1)
+            listening = next((m for line in list(err) if (m := LISTENING.search(line))), None)
+        base, ops = listening.group(1), listening.group(2)
+        while requests.get(f"{ops}/readyz", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, f"{variant}: not ready"
             time.sleep(0.1)
-        base = f"http://127.0.0.1:{port}"
         token = requests.get(f"{base}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}",
                              timeout=30)
         assert token.status_code == 200, (variant, token.text)
@@ -132,11 +135,12 @@ def _serve_from_shell(banner: Banner, variant: str, tmp_path: Path) -> tuple[int
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=20)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    return proc.returncode, err
+        reader.join(timeout=10)
+    return proc.returncode, "".join(err)
 
 
 def test_banner_has_absolute_paths_and_every_variant(emulator_process: Banner, tmp_path: Path) -> None:

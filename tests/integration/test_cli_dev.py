@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from entra_emulator import demo
-from tests.integration.test_cli import CLI, clean_env
+from tests.integration.serve_process import CLI, clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0

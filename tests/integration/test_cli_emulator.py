@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from entra_emulator import demo
-from tests.integration.test_cli import CLI, clean_env
+from tests.integration.serve_process import CLI, clean_env
 
 START_TIMEOUT = 60.0
 LISTENING = re.compile(r"API listening on (http://[0-9.:]+); ops on (http://[0-9.:]+)")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -91,6 +92,10 @@ def serve_main(argv: Sequence[str]) -> int:
     return _serve(settings)
 
 
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(settings: Settings, main: Coroutine[Any, Any, None] | None = None) -> int:
     """Run ``main`` (default: serve until signalled); a listener that cannot be opened is one
     clear line, not a traceback."""
@@ -99,6 +104,9 @@ def _serve(settings: Settings, main: Coroutine[Any, Any, None] | None = None) ->
     from agent_token_broker.server import run, serve_forever
 
     log = logging.getLogger("agent_token_broker")
+    # SIGTERM is a clean stop from here on, also before the event loop installs its own handler
+    # (a supervisor that reacts to the first log line must not kill the process mid-start).
+    signal.signal(signal.SIGTERM, _stop_before_serving)
     for warning in settings.warnings:
         log.warning("config: %s", warning)
     try:

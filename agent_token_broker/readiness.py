@@ -42,13 +42,6 @@ class ReadinessState:
     servable_tokens: int | None = None
 
 
-def servable_tokens(cache: TokenCache, now: float | None = None) -> int:
-    """Number of cached tokens the cache could still serve (scans every entry)."""
-    now = time.time() if now is None else now
-    entries = cache._store.lru.quiet_values()  # read-only scan, only while degraded
-    return sum(1 for e in entries if e.token is not None and now < e.stale_until)
-
-
 class UpstreamMonitor:
     """Upstream observer for :class:`~agent_token_broker.entra.legs.EntraLegs` (called from worker threads)."""
 
@@ -131,7 +124,7 @@ class Readiness:
             problems.append("blueprint credential unavailable")
         if not problems:
             return ReadinessState(True, "ready")
-        count = servable_tokens(self._cache)
+        count = self._cache.servable_count(time.time())  # a scan, only while degraded
         why = " and ".join(problems)
         if count:
             return ReadinessState(True, f"degraded: {why}; serving cached tokens", count)

@@ -1,6 +1,7 @@
 """TokenCache: single-flight, refresh-ahead, static stability, negative cache, LRU.
 
-The design (states, timers, invariants) is in ``cache.md`` beside this file.
+The design (states, timers, invariants) is in ``cache.md`` beside this file; a key's
+states and the events that move it are the table in ``entry.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
-from agent_token_broker.cache.entry import KeyEntry, TimerKind
+from agent_token_broker.cache.entry import KeyEntry, KeyState
 from agent_token_broker.cache.observer import CacheObserver, NullObserver
 from agent_token_broker.cache.policy import (
     CachePolicy,
@@ -56,7 +57,7 @@ class TokenCache:
         self._obs: CacheObserver = observer if observer is not None else NullObserver()
         self._lookup = self._obs.lookup
         self._store = KeyStore(policy.max_entries, self._obs)
-        self._lru = self._store.lru  # hot path: one attribute hop less
+        self._get = self._store.get  # hot path: one attribute hop less
         self._tasks: set[asyncio.Task[CachedToken]] = set()
         self._closed = False
 
@@ -71,7 +72,7 @@ class TokenCache:
         Synchronous, no I/O: one map lookup, one clock read, one flag set.
         A hit marks the key used (so it is refreshed ahead) and most recent.
         """
-        entry = self._lru.get(key)
+        entry = self._get(key)
         if entry is None:
             return None
         entry.touched = True
@@ -84,8 +85,17 @@ class TokenCache:
 
     def current(self, key: Hashable) -> CachedToken | None:
         """The token held for ``key``, servable or not; no side effects (for a shared L2's checks)."""
-        entry = self._lru.quiet_get(key)
+        entry = self._get(key)
         return entry.token if entry is not None else None
+
+    def keys(self) -> list[Hashable]:
+        """Every key held (a snapshot; no side effects). With :meth:`current`, for diagnostics."""
+        return [entry.key for entry in self._store.entries()]
+
+    def state_of(self, key: Hashable) -> KeyState | None:
+        """The state of ``key`` (``cache.md``), or None when the cache holds no entry for it."""
+        entry = self._get(key)
+        return entry.state if entry is not None else None
 
     async def get(
         self,
@@ -122,7 +132,10 @@ class TokenCache:
                 is always raised.
         """
         now = self._clock()
-        entry = self._entry_for(self._lru.hit(key), key, acquire, tags, keep_acquire=isolated)
+        entry = self._get(key)
+        if entry is not None:
+            entry.touched = True
+        entry = self._entry_for(entry, key, acquire, tags, keep_acquire=isolated)
         if force_refresh:
             forced_at = entry.forced_at
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval_seconds:
@@ -144,7 +157,7 @@ class TokenCache:
 
         Must be called with the event loop running (it arms the refresh timer).
         """
-        entry = self._entry_for(self._lru.quiet_get(key), key, acquire, tags)
+        entry = self._entry_for(self._get(key), key, acquire, tags)
         self._on_success(entry, token, count=False)
 
     def _entry_for(
@@ -170,7 +183,7 @@ class TokenCache:
         """A forced acquisition; ``isolated``: the caller's own acquire function (see ``get``)."""
         entry.forced_at = now
         if isolated is None:
-            entry.clear_failure()
+            entry.forced()
         task = entry.inflight
         if task is None:
             task = self._start(entry, isolated)
@@ -182,13 +195,13 @@ class TokenCache:
     async def _slow_get(self, entry: KeyEntry, now: float) -> CachedToken:
         token = entry.token
         if token is not None and now >= token.expires_at:
-            entry.clear_token()
+            entry.token_expired()
             self._obs.evicted("expired", 1)
             token = None
         if token is not None and now < entry.stale_until:
             # Valid but below min_remaining: never wait on a failing upstream.
             entry.used = True
-            if entry.failures > 0 or now < entry.neg_until:
+            if entry.state is KeyState.FAILING:
                 self._lookup("stale")
                 return token
             task = entry.inflight
@@ -211,10 +224,10 @@ class TokenCache:
             self._lookup(label)
             return new
         # Nothing servable.
-        neg = entry.neg_error
-        if neg is not None and now < entry.neg_until:
+        failure = entry.failure
+        if failure is not None and now < failure.until:
             self._lookup("negative")
-            raise neg.with_retry_after(entry.neg_until - now)
+            raise failure.error.with_retry_after(failure.until - now)
         task = entry.inflight
         if task is None:
             task = self._start(entry)
@@ -264,14 +277,12 @@ class TokenCache:
     def _on_success(self, entry: KeyEntry, token: CachedToken, *, count: bool = True) -> None:
         if count:
             self._obs.refresh("success")
-        entry.clear_failure()
-        if not entry.alive:
-            return
-        entry.token = token
-        entry.used = False
-        entry.fresh_until = token.expires_at - fresh_margin(token, self._policy)
-        entry.stale_until = token.expires_at - stale_margin(token, self._policy)
-        self._schedule(entry, refresh_time(token, self._policy, self._rand), TimerKind.REFRESH)
+        policy = self._policy
+        entry.acquired(
+            token, token.expires_at - fresh_margin(token, policy), token.expires_at - stale_margin(token, policy)
+        )
+        if not entry.gone:
+            self._schedule(entry, refresh_time(token, policy, self._rand))
 
     def _on_failure(self, entry: KeyEntry, err: AcquireError) -> None:
         now = self._clock()
@@ -280,17 +291,14 @@ class TokenCache:
             self._revoke(entry, err, now)
             return
         self._obs.refresh("transient_error")
-        entry.failures += 1
-        entry.neg_error = err
-        entry.neg_until = negative_until(err, now, self._policy)
-        if not entry.alive:
+        failure = entry.failed(err, negative_until(err, now, self._policy))
+        if entry.gone:
             return
         token = entry.token
-        if token is not None and now < token.expires_at:
-            delay = retry_delay(err, entry.failures, self._policy, self._rand)
-            self._schedule(entry, now + delay, TimerKind.REFRESH)
+        if token is not None and now < token.expires_at:  # retry while the token is still served
+            self._schedule(entry, now + retry_delay(err, failure.count, self._policy, self._rand))
         else:
-            self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
+            self._schedule(entry, failure.until)
 
     def _on_isolated_failure(self, entry: KeyEntry, err: AcquireError) -> None:
         """An isolated acquisition failed: only its own waiters see the error (a revocation
@@ -316,74 +324,71 @@ class TokenCache:
         until = negative_until(err, now, self._policy)
         own, sibling = err.remembered(), err.remembered(for_other_key=True)
         victims = [entry]
-        for key in self._store.keys_tagged(err.evict_tags):
-            other = self._lru.quiet_get(key)
-            if other is not None and other is not entry:
-                victims.append(other)
+        victims += [other for other in self._store.tagged(err.evict_tags) if other is not entry]
         count = 0
         for victim in victims:
             if victim.token is not None:
                 count += 1
-            victim.clear_token()
-            victim.failures = 0
-            victim.neg_error = own if victim is entry else sibling
-            victim.neg_until = until
-            if victim.alive:
-                self._schedule(victim, until, TimerKind.EXPIRE)
+            victim.refused(own if victim is entry else sibling, until)
+            if not victim.gone:
+                self._schedule(victim, until)
         if count:
             self._obs.evicted("revoked", count)
 
     # -------------------------------------------------------------------- timers
-    def _schedule(self, entry: KeyEntry, due: float, kind: str) -> None:
-        self._store.cancel_timer(entry)
+    def _schedule(self, entry: KeyEntry, due: float) -> None:
+        """Arm the key's one timer at ``due``. What it does when it fires depends on the key
+        then (``_fire``): a token still valid is refreshed (if used) or left to age out;
+        anything else expires."""
+        self._store.disarm(entry)
         if self._closed:
             return
-        entry.timer_due = due
-        entry.timer_kind = kind
-        self._store.timed[entry.key] = entry
-        delay = max(0.0, due - self._clock())
-        entry.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, entry)
+        self._arm(entry, due, due - self._clock())
+
+    def _arm(self, entry: KeyEntry, due: float, delay: float) -> None:
+        handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._on_timer, entry)
+        self._store.arm(entry, due, handle)
 
     def _on_timer(self, entry: KeyEntry) -> None:
         entry.timer = None
-        if not entry.alive or self._closed:
+        if entry.gone or self._closed:
             return
         now = self._clock()
         if now < entry.timer_due:  # loop time ran ahead of the cache's clock: re-arm
-            delay = max(entry.timer_due - now, 0.001)
-            entry.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, entry)
+            self._arm(entry, entry.timer_due, max(entry.timer_due - now, 0.001))
             return
         self._fire(entry, now)
 
     def _fire(self, entry: KeyEntry, now: float) -> asyncio.Task[CachedToken] | None:
-        self._store.cancel_timer(entry)
+        self._store.disarm(entry)
         token = entry.token
-        if entry.timer_kind == TimerKind.EXPIRE or token is None or now >= token.expires_at:
+        if token is None or now >= token.expires_at:
             self._expire_if_empty(entry, now)
             return None
-        if not entry.used:
+        if not entry.used:  # idle: no refresh; the key ages out at expiry
             self._obs.refresh("skipped_idle")
-            self._schedule(entry, token.expires_at, TimerKind.EXPIRE)
+            self._schedule(entry, token.expires_at)
             return None
         if entry.inflight is not None:
             return entry.inflight
-        if entry.failures:
+        if entry.state is KeyState.FAILING:
             entry.used = False  # keep retrying only while requests still want this key
         return self._start(entry)
 
     def _expire_if_empty(self, entry: KeyEntry, now: float) -> None:
         token = entry.token
         if token is not None and now < token.expires_at:
-            self._schedule(entry, token.expires_at, TimerKind.EXPIRE)
+            self._schedule(entry, token.expires_at)
             return
         if entry.inflight is not None:
             return  # its completion schedules the next timer
-        if now < entry.neg_until:
-            self._schedule(entry, entry.neg_until, TimerKind.EXPIRE)
+        failure = entry.failure
+        if failure is not None and now < failure.until:
+            self._schedule(entry, failure.until)
             return
         self._store.remove(entry)
         self._obs.evicted("expired", 1)
-        self._obs.entries(len(self._lru))
+        self._obs.entries(len(self._store))
 
     async def run_due_refreshes(self) -> int:
         """Fire every timer whose time has come by ``clock()`` and await the refreshes started.
@@ -393,10 +398,10 @@ class TokenCache:
         Returns the number of acquisitions awaited.
         """
         now = self._clock()
-        due = [e for e in list(self._store.timed.values()) if e.timer_due <= now]
+        due = [e for e in self._store.armed() if e.timer_due <= now]
         tasks: list[asyncio.Task[CachedToken]] = []
         for entry in due:
-            if entry.alive:
+            if not entry.gone:
                 task = self._fire(entry, now)
                 if task is not None and task not in tasks:
                     tasks.append(task)
@@ -406,17 +411,17 @@ class TokenCache:
 
     def due_times(self) -> dict[Hashable, float]:
         """Pending timer time per key (for tests and diagnostics)."""
-        return {k: e.timer_due for k, e in self._store.timed.items()}
+        return {e.key: e.timer_due for e in self._store.armed()}
 
     # ------------------------------------------------------------------- admin
     def evict(self, key: Hashable, *, reason: str = "admin") -> bool:
         """Remove ``key`` (admin action). Returns whether it was present."""
-        entry = self._lru.quiet_get(key)
+        entry = self._get(key)
         if entry is None:
             return False
         self._store.remove(entry)
         self._obs.evicted(reason, 1)
-        self._obs.entries(len(self._lru))
+        self._obs.entries(len(self._store))
         return True
 
     def discard(self, key: Hashable) -> bool:
@@ -426,10 +431,10 @@ class TokenCache:
 
     def evict_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` (admin action). Returns how many."""
-        removed, _ = self._store.remove_keys(list(self._store.tags.get(tag, ())))
+        removed = self._store.remove_tagged(tag)
         if removed:
             self._obs.evicted("admin", removed)
-            self._obs.entries(len(self._lru))
+            self._obs.entries(len(self._store))
         return removed
 
     def clear(self) -> int:
@@ -441,21 +446,26 @@ class TokenCache:
         return removed
 
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._store)
 
     def tag_index_size(self) -> int:
         """Number of (tag, key) pairs in the revocation index (for leak checks)."""
         return self._store.tag_index_size()
 
     def next_expiry(self) -> float | None:
-        """Earliest ``expires_at`` among entries used since their last acquisition."""
-        return self._store.next_expiry()
+        """Earliest ``expires_at`` among entries used since their last acquisition (O(n))."""
+        held = [e.token.expires_at for e in self._store.entries() if e.token is not None and e.used]
+        return min(held, default=None)
+
+    def servable_count(self, now: float) -> int:
+        """How many held tokens could still be served at ``now``, down to the stale floor (O(n))."""
+        return sum(1 for e in self._store.entries() if e.token is not None and now < e.stale_until)
 
     async def aclose(self) -> None:
         """Cancel every timer and in-flight acquisition; later gets schedule no timers."""
         self._closed = True
-        for entry in list(self._store.timed.values()):
-            self._store.cancel_timer(entry)
+        for entry in self._store.armed():
+            self._store.disarm(entry)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -1,50 +1,121 @@
-"""Per-key state of the token cache and the LRU map that holds it."""
+"""Per-key state of the token cache: the states a key can be in and the events that move it.
+
+The state machine is the table :data:`TRANSITIONS` (h11's ``_state.py`` is the model):
+every change of a key's token or remembered failure is one of the :class:`Event` methods
+of :class:`KeyEntry`, which look the next state up in the table, so an event a state does
+not expect is a bug that raises instead of a silent inconsistency. Timers and time
+(fresh, stale, expired, lapsed) are not states: the engine decides with the clock which
+event happens and which timer to arm (``cache.md`` beside this file).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import enum
 from collections.abc import Awaitable, Callable, Hashable
 
 from agent_token_broker.cache.token import AcquireError, CachedToken
 
-__all__ = ["EntryLRU", "KeyEntry", "TimerKind"]
+__all__ = ["TRANSITIONS", "Event", "Failure", "KeyEntry", "KeyState"]
 
 Acquire = Callable[[], Awaitable[CachedToken]]
 _NEG_INF = float("-inf")
 
 
-class TimerKind:
-    """What a key's single timer does when it fires."""
+class KeyState(enum.Enum):
+    """What a key holds. ``token is not None`` exactly in VALID and FAILING, ``failure is not
+    None`` exactly in FAILING and NEGATIVE (for an entry in the map)."""
 
-    REFRESH = "refresh"  # refresh-ahead or backoff retry (only if the key was used)
-    EXPIRE = "expire"  # drop the key if it holds nothing worth keeping
+    EMPTY = "empty"  # no token, no failure remembered (new key; token expired unused; forced)
+    VALID = "valid"  # the token of the last successful acquisition
+    FAILING = "failing"  # that token, while acquisitions since failed transiently
+    NEGATIVE = "negative"  # no token; the last failure remembered (negative cache)
+    GONE = "gone"  # left the map; late results reach their waiters, nothing is stored
+
+
+class Event(enum.Enum):
+    ACQUIRED = "acquired"  # an acquisition (or put) produced a token
+    FAILED = "failed"  # the key's own acquisition failed transiently
+    REFUSED = "refused"  # a definitive refusal of this key, or a revocation of its identity
+    FORCED = "forced"  # a forced acquisition starts: the remembered failure is forgotten
+    TOKEN_EXPIRED = "token_expired"  # a request found the token past expiry and dropped it
+    LEFT = "left"  # the entry left the map (LRU, admin, discard, expiry, clear)
+
+
+_S, _E = KeyState, Event
+TRANSITIONS: dict[KeyState, dict[Event, KeyState]] = {
+    _S.EMPTY: {
+        _E.ACQUIRED: _S.VALID,
+        _E.FAILED: _S.NEGATIVE,
+        _E.REFUSED: _S.NEGATIVE,
+        _E.FORCED: _S.EMPTY,
+        _E.LEFT: _S.GONE,
+    },
+    _S.VALID: {
+        _E.ACQUIRED: _S.VALID,
+        _E.FAILED: _S.FAILING,
+        _E.REFUSED: _S.NEGATIVE,
+        _E.FORCED: _S.VALID,
+        _E.TOKEN_EXPIRED: _S.EMPTY,
+        _E.LEFT: _S.GONE,
+    },
+    _S.FAILING: {
+        _E.ACQUIRED: _S.VALID,
+        _E.FAILED: _S.FAILING,
+        _E.REFUSED: _S.NEGATIVE,
+        _E.FORCED: _S.VALID,
+        _E.TOKEN_EXPIRED: _S.NEGATIVE,
+        _E.LEFT: _S.GONE,
+    },
+    _S.NEGATIVE: {
+        _E.ACQUIRED: _S.VALID,
+        _E.FAILED: _S.NEGATIVE,
+        _E.REFUSED: _S.NEGATIVE,
+        _E.FORCED: _S.EMPTY,
+        _E.LEFT: _S.GONE,
+    },
+    _S.GONE: {
+        _E.ACQUIRED: _S.GONE,
+        _E.FAILED: _S.GONE,
+        _E.REFUSED: _S.GONE,
+        _E.LEFT: _S.GONE,
+    },
+}
+
+
+class Failure:
+    """A remembered failure: the error, until when it is remembered, and how many transient
+    failures in a row it ends (the backoff exponent; 0 for a definitive refusal)."""
+
+    __slots__ = ("count", "error", "until")
+
+    def __init__(self, error: AcquireError, until: float, count: int) -> None:
+        self.error = error
+        self.until = until
+        self.count = count
 
 
 class KeyEntry:
     """Everything the cache knows about one key.
 
-    ``fresh_until``/``stale_until`` are precomputed epoch times so the hot path
-    compares one float. ``alive`` turns False when the entry leaves the map;
-    in-flight work for a dead entry delivers its result to its waiters but
-    stores nothing.
+    ``fresh_until``/``stale_until`` are precomputed epoch times so the hot path compares
+    one float. ``used`` marks a hit since the last acquisition (refresh-ahead), ``touched``
+    a lookup since the eviction sweep last passed (second chance). ``timer``/``timer_due``
+    are the key's one loop timer (armed through the store).
     """
 
     __slots__ = (
         "acquire",
-        "alive",
-        "failures",
+        "failure",
         "forced_at",
         "fresh_until",
         "inflight",
         "key",
-        "neg_error",
-        "neg_until",
         "stale_until",
+        "state",
         "tags",
         "timer",
         "timer_due",
-        "timer_kind",
         "token",
         "touched",
         "used",
@@ -54,76 +125,68 @@ class KeyEntry:
         self.key = key
         self.acquire = acquire
         self.tags = tags
+        self.state = KeyState.EMPTY
         self.token: CachedToken | None = None
-        self.used = False
         self.fresh_until = _NEG_INF
         self.stale_until = _NEG_INF
+        self.failure: Failure | None = None
+        self.used = False
+        self.touched = False
         self.inflight: asyncio.Task[CachedToken] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = _NEG_INF
-        self.timer_kind = TimerKind.REFRESH
-        self.failures = 0
-        self.neg_error: AcquireError | None = None
-        self.neg_until = _NEG_INF
         self.forced_at: float | None = None
-        self.alive = True
-        self.touched = False  # looked up since the eviction sweep last passed (second chance)
 
-    def clear_token(self) -> None:
+    @property
+    def gone(self) -> bool:
+        return self.state is KeyState.GONE
+
+    def _step(self, event: Event) -> None:
+        try:
+            self.state = TRANSITIONS[self.state][event]
+        except KeyError:
+            raise RuntimeError(f"token cache: a {self.state.value} key cannot take {event.value}") from None
+
+    # ---------------------------------------------------------------- events
+    def acquired(self, token: CachedToken, fresh_until: float, stale_until: float) -> None:
+        self._step(Event.ACQUIRED)
+        self.failure = None
+        if self.state is KeyState.GONE:
+            return
+        self.token = token
+        self.used = False
+        self.fresh_until = fresh_until
+        self.stale_until = stale_until
+
+    def failed(self, error: AcquireError, until: float) -> Failure:
+        """A transient failure: remembered until ``until``, one more in a row. Returns it."""
+        self._step(Event.FAILED)
+        previous = self.failure
+        self.failure = Failure(error, until, (previous.count if previous is not None else 0) + 1)
+        return self.failure
+
+    def refused(self, error: AcquireError, until: float) -> None:
+        """A definitive refusal (own or the identity's): the token is dropped, ``error`` remembered."""
+        self._step(Event.REFUSED)
+        self._drop_token()
+        self.failure = Failure(error, until, 0)
+
+    def forced(self) -> None:
+        self._step(Event.FORCED)
+        self.failure = None
+
+    def token_expired(self) -> None:
+        self._step(Event.TOKEN_EXPIRED)
+        self._drop_token()
+
+    def left(self) -> None:
+        self._step(Event.LEFT)
+
+    def _drop_token(self) -> None:
         self.token = None
         self.used = False
         self.fresh_until = _NEG_INF
         self.stale_until = _NEG_INF
 
-    def clear_failure(self) -> None:
-        self.failures = 0
-        self.neg_error = None
-        self.neg_until = _NEG_INF
-
     def __repr__(self) -> str:  # never shows the token value
-        return f"KeyEntry(key={self.key!r}, has_token={self.token is not None}, used={self.used})"
-
-
-class EntryLRU(OrderedDict[Hashable, KeyEntry]):
-    """A bounded map with second-chance (CLOCK) eviction that reports what it evicts.
-
-    A hit is a plain dict lookup plus ``entry.touched = True`` (see :meth:`hit`): no
-    reordering, so its cost does not grow with the number of entries (cachetools'
-    LRU moves a linked-list node on every hit). To make room, the oldest entry is
-    evicted unless it was touched, in which case it loses the flag and moves to the
-    back: recently used keys survive, as with LRU; a sweep clears at most every flag
-    once, so an insert costs amortised O(1).
-    """
-
-    def __init__(self, maxsize: int, on_evict: Callable[[KeyEntry], None]) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-        self._on_evict = on_evict
-
-    def hit(self, key: Hashable) -> KeyEntry | None:
-        """Look up ``key`` and mark it recently used."""
-        entry = self.get(key)
-        if entry is not None:
-            entry.touched = True
-        return entry
-
-    def insert(self, key: Hashable, entry: KeyEntry) -> None:
-        """Add ``entry`` (newest), evicting not-recently-used entries beyond ``maxsize``."""
-        if key in self:
-            del self[key]
-        while len(self) >= self.maxsize:
-            old_key, old = self.popitem(last=False)
-            if old.touched:
-                old.touched = False
-                self[old_key] = old  # second chance: back of the queue
-                continue
-            self._on_evict(old)
-        self[key] = entry
-
-    def quiet_get(self, key: Hashable) -> KeyEntry | None:
-        """Look up without marking ``key`` recently used."""
-        return self.get(key)
-
-    def quiet_values(self) -> list[KeyEntry]:
-        """All entries, without marking them."""
-        return list(self.values())
+        return f"KeyEntry(key={self.key!r}, state={self.state.value}, used={self.used})"

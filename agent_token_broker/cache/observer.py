@@ -1,8 +1,10 @@
-"""Hooks the cache calls so metrics can count what it does (no Prometheus here)."""
+"""Hooks the cache calls so metrics can count what it does (no Prometheus here), and the
+broker's one null observer."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = ["CacheObserver", "NullObserver"]
 
@@ -28,19 +30,15 @@ class CacheObserver(Protocol):
     def entries(self, count: int) -> None: ...
 
 
+def _ignore(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
 class NullObserver:
-    """Observer that ignores everything."""
+    """Ignores every hook: the default of each observer the broker has (the cache's, the
+    shared cache's, the Entra legs' upstream observer)."""
 
     __slots__ = ()
 
-    def lookup(self, result: str) -> None:
-        pass
-
-    def refresh(self, outcome: str) -> None:
-        pass
-
-    def evicted(self, reason: str, count: int) -> None:
-        pass
-
-    def entries(self, count: int) -> None:
-        pass
+    def __getattr__(self, _hook: str) -> Callable[..., None]:
+        return _ignore

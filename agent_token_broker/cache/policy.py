@@ -21,7 +21,6 @@ __all__ = [
     "CachePolicy",
     "backoff_delay",
     "fresh_margin",
-    "is_fresh",
     "is_servable",
     "negative_until",
     "refresh_time",
@@ -40,11 +39,6 @@ def fresh_margin(token: CachedToken, policy: CachePolicy) -> float:
 def stale_margin(token: CachedToken, policy: CachePolicy) -> float:
     """Remaining lifetime below which ``token`` is not served even when degraded."""
     return min(policy.stale_floor_seconds, fresh_margin(token, policy))
-
-
-def is_fresh(token: CachedToken, now: float, policy: CachePolicy) -> bool:
-    """True while ``token`` has at least its fresh margin left."""
-    return token.expires_at - now >= fresh_margin(token, policy)
 
 
 def is_servable(token: CachedToken, now: float, policy: CachePolicy, degraded: bool) -> bool:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from agent_token_broker.cache.observer import NullObserver
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.credentials import CredentialError, CredentialSource
 from agent_token_broker.entra import errors
@@ -40,17 +41,6 @@ class UpstreamObserver(Protocol):
     def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None: ...
 
     def identity_revoked(self, leg: str, revocation: Revocation) -> None: ...
-
-
-class _NoObserver:
-    def upstream_started(self, leg: str) -> None:
-        pass
-
-    def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None:
-        pass
-
-    def identity_revoked(self, leg: str, revocation: Revocation) -> None:
-        pass
 
 
 @functools.lru_cache(maxsize=1024)
@@ -114,7 +104,7 @@ class EntraLegs:
         self._clock = clock
         self.credential_ok = False
         self.authority_ok = False
-        self.observer: UpstreamObserver = _NoObserver()
+        self.observer: UpstreamObserver = NullObserver()
 
     @property
     def apps(self) -> AppRegistry:

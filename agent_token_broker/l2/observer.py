@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+from agent_token_broker.cache.observer import NullObserver
+
 __all__ = ["CountingObserver", "NullObserver", "SharedCacheObserver"]
 
 
@@ -34,16 +36,6 @@ class SharedCacheObserver(Protocol):
 
     def breaker(self, state: str) -> None:
         """The circuit breaker changed state: ``closed``, ``open``, ``half_open``."""
-
-
-class NullObserver:
-    def lookup(self, result: str) -> None: ...
-    def rejected(self, reason: str) -> None: ...
-    def lock(self, result: str) -> None: ...
-    def write(self, result: str) -> None: ...
-    def error(self, op: str) -> None: ...
-    def skipped(self, op: str) -> None: ...
-    def breaker(self, state: str) -> None: ...
 
 
 class CountingObserver:

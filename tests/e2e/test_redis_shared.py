@@ -147,7 +147,7 @@ async def test_obo_tokens_are_not_shared_by_default(
         assert status == 200, body
         shared = broker.runtime.shared_cache
         assert shared is not None
-        obo_keys = [e.key for e in broker.runtime.cache._store.lru.quiet_values() if e.key[0] == "agent_obo"]  # type: ignore[index]
+        obo_keys = [k for k in broker.runtime.cache.keys() if k[0] == "agent_obo"]  # type: ignore[index]
         assert len(obo_keys) == 1 and not shared.shares(obo_keys[0])
         assert shared.redis_name(obo_keys[0]).encode() not in redis_server.values()
         assert len(redis_server.values()) == 1  # only T1 is shared

@@ -85,9 +85,11 @@ async def drive_every_flow(
     assert status == 503
     admin.clear_faults()
     # Tokens the broker holds internally (T1, T2) must not appear either.
-    for entry in broker.runtime.cache._store.lru.quiet_values():
-        if entry.token is not None:
-            secrets.append(entry.token.value)
+    cache = broker.runtime.cache
+    for key in cache.keys():
+        token = cache.current(key)
+        if token is not None:
+            secrets.append(token.value)
     return secrets
 
 

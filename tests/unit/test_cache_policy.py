@@ -10,7 +10,6 @@ from agent_token_broker.cache.policy import (
     CachePolicy,
     backoff_delay,
     fresh_margin,
-    is_fresh,
     is_servable,
     negative_until,
     refresh_time,
@@ -50,7 +49,6 @@ def test_is_servable_normal_vs_degraded() -> None:
     t = tok(3600, acquired=0)
     assert is_servable(t, 3300, P, degraded=False)  # exactly min_remaining left
     assert not is_servable(t, 3300.5, P, degraded=False)
-    assert is_fresh(t, 3300, P) and not is_fresh(t, 3301, P)
     assert is_servable(t, 3500, P, degraded=True)  # 100 s left > 60 s floor
     assert not is_servable(t, 3540, P, degraded=True)  # exactly the floor: not served
     assert not is_servable(t, 3601, P, degraded=True)  # expired: never

@@ -128,10 +128,6 @@ class Runtime:
             background=[asyncio.get_running_loop().create_task(trust.watch(), name="trust-watch")],
         )
 
-    @property
-    def readiness_detail(self) -> str:
-        return self.readiness_state().detail
-
     def readiness_state(self) -> ReadinessState:
         state = self.readiness.state()
         note = self.shared_cache.health_note() if self.shared_cache is not None else None

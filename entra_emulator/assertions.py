@@ -26,7 +26,6 @@ from entra_emulator.keys import SigningKeys
 from entra_emulator.tenant import Blueprint, Fic
 
 LEEWAY = 60  # seconds of clock skew tolerated
-EXCHANGE_AUDIENCES = {demo.TOKEN_EXCHANGE_APP_ID, demo.TOKEN_EXCHANGE_RESOURCE.lower()}
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 

@@ -56,9 +56,6 @@ class EmulatorState:
     def issuer(self, tenant: str) -> str:
         return f"{self.base_url}/{tenant}/v2.0"
 
-    def token_endpoint(self, tenant: str) -> str:
-        return f"{self.base_url}/{tenant}/oauth2/v2.0/token"
-
     def accepted_assertion_audiences(self, tenant: str) -> set[str]:
         """Token endpoint URLs accepted as a certificate assertion's ``aud``."""
         port = self.base_url.rsplit(":", 1)[1]

@@ -67,13 +67,12 @@ class AppRegistry:
         self._agents: LRUCache[Hashable, msal.ConfidentialClientApplication] = LRUCache(max_agent_apps)
         self._blueprints: dict[Hashable, tuple[Hashable, msal.ConfidentialClientApplication]] = {}
         self._lock = threading.Lock()
-        self.built = 0
 
     def authority(self, tenant: str) -> str:
         return f"{self._instance}/{tenant}"
 
     def _build(self, client_id: str, tenant: str, credential: Any) -> msal.ConfidentialClientApplication:
-        app = msal.ConfidentialClientApplication(
+        return msal.ConfidentialClientApplication(
             client_id,
             client_credential=credential,
             authority=self.authority(tenant),
@@ -82,8 +81,6 @@ class AppRegistry:
             token_cache=NullTokenCache(),
             instance_discovery=self._instance_discovery,
         )
-        self.built += 1
-        return app
 
     def blueprint_app(
         self, client_id: str, tenant: str, version: Hashable, credential: Callable[[], Any]
@@ -114,7 +111,3 @@ class AppRegistry:
         with self._lock:
             self._agents[key] = app
         return app
-
-    def agent_app_count(self) -> int:
-        with self._lock:
-            return len(self._agents)

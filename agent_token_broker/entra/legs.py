@@ -106,10 +106,6 @@ class EntraLegs:
         self.authority_ok = False
         self.observer: UpstreamObserver = NullObserver()
 
-    @property
-    def apps(self) -> AppRegistry:
-        return self._apps
-
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()

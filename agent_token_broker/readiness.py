@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.token import AcquireError
 from agent_token_broker.entra.http import call_state
@@ -144,10 +145,10 @@ class Readiness:
 
     async def run(self) -> None:
         """Probe the authority/credential with backoff while degraded (runs until cancelled)."""
-        delay = self._interval
+        backoff = Backoff(self._interval, self._cap)
         while True:
             if self.monitor.authority_up and self.monitor.credential_up:
-                delay = self._interval
+                backoff.reset()
                 await asyncio.sleep(self._interval)
                 continue
             try:
@@ -156,5 +157,4 @@ class Readiness:
                 log.warning("readiness probe failed: %s", type(exc).__name__)
             if self.monitor.authority_up and self.monitor.credential_up:
                 continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._cap)
+            await backoff.sleep()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
+from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.credentials import build_sources
 from agent_token_broker.entra.http import UpstreamHttp
@@ -135,7 +136,7 @@ class Runtime:
 
     async def warm_up(self) -> None:
         """Readiness: a credential produced an assertion and the authority answered (retried until so)."""
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             problem = await self.legs.warm_up()
             if problem is None:
@@ -150,9 +151,9 @@ class Runtime:
                 await self.readiness.run()  # keeps probing while degraded, until cancelled
                 return
             self.readiness.startup_detail = problem
+            delay = backoff.next()
             log.warning("not ready yet: %s (retrying in %.0fs)", problem, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
         for task in self.background:

@@ -16,7 +16,7 @@ from agent_token_broker.api.msi import add_msi_routes
 from agent_token_broker.api.observe import bind_routes, observe_middleware
 from agent_token_broker.api.openapi import openapi_document
 from agent_token_broker.api.refusals import RefusalLog
-from agent_token_broker.api.routes import add_routes
+from agent_token_broker.api.routes import add_routes, healthz
 from agent_token_broker.api.state import GATE, REFUSALS, RUNTIME
 from agent_token_broker.runtime import Runtime
 
@@ -39,10 +39,6 @@ def create_api_app(runtime: Runtime) -> web.Application:
     add_msi_routes(app, runtime.settings.managed_identity_endpoint)
     bind_routes(app, runtime.metrics)
     return app
-
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.Response(text="Healthy")
 
 
 async def _readyz(request: web.Request) -> web.Response:
@@ -81,7 +77,7 @@ def create_ops_app(runtime: Runtime) -> web.Application:
     ``/openapi.json`` (the API listener's OpenAPI document)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=API_MAX_BODY)
     app[RUNTIME] = runtime
-    app.router.add_get("/healthz", _healthz, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)  # the API listener's own
     app.router.add_get("/readyz", _readyz, allow_head=False)
     app.router.add_get("/metrics", _metrics, allow_head=False)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)

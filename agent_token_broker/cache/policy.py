@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agent_token_broker.backoff import ceiling
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.settings.broker_section import CachePolicy  # declared once, with its keys
 
@@ -80,9 +81,7 @@ def backoff_delay(attempt: int, policy: CachePolicy, rand: Rand) -> float:
 
     ``attempt`` counts consecutive failures, starting at 1.
     """
-    exponent = min(max(attempt, 1) - 1, 62)
-    ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * float(2**exponent))
-    return rand() * ceiling
+    return rand() * ceiling(attempt, policy.backoff_base_seconds, policy.backoff_cap_seconds)
 
 
 def negative_until(err: AcquireError, now: float, policy: CachePolicy) -> float:

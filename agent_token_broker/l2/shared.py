@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
+from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.policy import CachePolicy, is_servable
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.l2.breaker import BreakerState
@@ -269,10 +270,9 @@ class SharedTokenCache:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.lock_ttl
-        delay = _POLL_FIRST
+        backoff = Backoff(_POLL_FIRST, _POLL_MAX)
         while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX)
+            await backoff.sleep()
             ok, blob, held = await self.store.poll(name, lock_name)
             if not ok:
                 break

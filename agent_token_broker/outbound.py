@@ -6,7 +6,7 @@
 * ``downstream``: ``/DownstreamApi*`` calls, at most ``Broker__Downstream__MaxConnections``.
 
 MSAL's token requests use a third pool (``requests``, ``Broker__Upstream__MaxConcurrency``;
-see :mod:`agent_token_broker.entra.http`). All three trust the one
+see :mod:`agent_token_broker.msal_http`). All three trust the one
 :class:`~agent_token_broker.trust.TrustStore`; when the CA bundle changes, both sessions
 are replaced (new connections use the new trust) and the old ones are closed after the
 requests they carry had time to finish.

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.token import AcquireError
-from agent_token_broker.entra.http import call_state
 from agent_token_broker.entra.revocation import Revocation
 from agent_token_broker.metrics import BrokerMetrics, upstream_outcome
+from agent_token_broker.msal_http import call_state
 
 log = logging.getLogger("agent_token_broker.upstream")
 AUTHORITY_DOWN = frozenset({"unreachable", "server_error"})

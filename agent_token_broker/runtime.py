@@ -13,11 +13,11 @@ import aiohttp
 from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.credentials import build_sources
-from agent_token_broker.entra.http import UpstreamHttp
 from agent_token_broker.entra.legs import EntraLegs
 from agent_token_broker.l2 import SharedTokenCache, build_shared_cache
 from agent_token_broker.l2.metrics import SharedCacheMetrics
 from agent_token_broker.metrics import BrokerMetrics
+from agent_token_broker.msal_http import UpstreamHttp
 from agent_token_broker.outbound import OutboundSessions
 from agent_token_broker.readiness import Readiness, ReadinessState, UpstreamMonitor
 from agent_token_broker.settings import DownstreamApiConfig, Settings

@@ -8,7 +8,6 @@ The token is requested for ``api://AzureADTokenExchange`` (a resource, not a sco
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Hashable
 from typing import Any
 
@@ -16,53 +15,26 @@ import msal
 import requests
 
 from agent_token_broker.credentials.base import CredentialError, CredentialSource
+from agent_token_broker.msal_http import CallState, UpstreamHttp, nested_call_state
 
 DEFAULT_TIMEOUT = (3.0, 10.0)
-
-
-class _TimeoutHttpClient:
-    """Wraps a ``requests.Session``: adds a default timeout (IMDS hangs off Azure) and records
-    the last HTTP status per thread so errors can be classed as transient or not."""
-
-    def __init__(self, session: requests.Session, timeout: tuple[float, float]) -> None:
-        self._session = session
-        self._timeout = timeout
-        self._local = threading.local()
-
-    @property
-    def last_status(self) -> int | None:
-        return getattr(self._local, "status", None)
-
-    def reset(self) -> None:
-        self._local.status = None
-
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        response = self._session.get(url, **kwargs)
-        self._local.status = response.status_code
-        return response
-
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        response = self._session.post(url, **kwargs)
-        self._local.status = response.status_code
-        return response
-
-    def close(self) -> None:  # MSAL never closes it; the owner of the session does
-        pass
 
 
 class ManagedIdentityAssertion:
     """A zero-argument callable: the managed identity's token for the exchange resource."""
 
-    def __init__(self, client: Any, http: _TimeoutHttpClient, resource: str, label: str) -> None:
+    def __init__(self, client: Any, resource: str, label: str) -> None:
         self._client = client
-        self._http = http
         self._resource = resource
         self._label = label
 
     def __call__(self) -> str:
-        self._http.reset()
+        # Usually called by MSAL inside a blueprint token call on this worker thread: the
+        # managed identity's request gets its own call state (status) and leaves that call's.
+        with nested_call_state() as state:
+            return self._acquire(state)
+
+    def _acquire(self, state: CallState) -> str:
         try:
             result = self._client.acquire_token_for_client(resource=self._resource)
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -76,7 +48,7 @@ class ManagedIdentityAssertion:
         except ValueError:  # a non-JSON body, typically an error page from a proxy or a 5xx
             raise CredentialError(
                 f"{self._label}: managed identity endpoint returned a non-JSON response"
-                + _status_suffix(self._http.last_status),
+                + _status_suffix(state.status),
                 transient=True,
             ) from None
         except msal.ManagedIdentityError as exc:
@@ -84,7 +56,7 @@ class ManagedIdentityAssertion:
         token = result.get("access_token") if isinstance(result, dict) else None
         if token:
             return str(token)
-        status = self._http.last_status
+        status = state.status
         error = (
             _short(str(result.get("error", "unknown_error"))) if isinstance(result, dict) else "unknown_error"
         )
@@ -128,16 +100,18 @@ class ManagedIdentitySource(CredentialSource):
         self.client_id = client_id
         self.resource = resource
         session = http_session if http_session is not None else requests.Session()
-        self._http = _TimeoutHttpClient(session, timeout)
+        http = UpstreamHttp(
+            connect_timeout=timeout[0], read_timeout=timeout[1], session=session, cache_discovery=False
+        )
         identity: Any = (
             msal.UserAssignedManagedIdentity(client_id=client_id)
             if client_id
             else msal.SystemAssignedManagedIdentity()
         )
         # Service Fabric pins its server certificate on a derived requests.Session; MSAL needs the session.
-        http_client: Any = session if os.environ.get("IDENTITY_SERVER_THUMBPRINT") else self._http
+        http_client: Any = session if os.environ.get("IDENTITY_SERVER_THUMBPRINT") else http
         self._client = msal.ManagedIdentityClient(identity, http_client=http_client)
-        self._assertion = ManagedIdentityAssertion(self._client, self._http, resource, self.describe())
+        self._assertion = ManagedIdentityAssertion(self._client, resource, self.describe())
 
     def describe(self) -> str:
         who = f"user-assigned {self.client_id}" if self.client_id else "system-assigned"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import msal
 from cachetools import LRUCache
 
-from agent_token_broker.entra.http import UpstreamHttp, call_state
+from agent_token_broker.msal_http import UpstreamHttp, call_state
 
 MICROSOFT_HOSTS = frozenset(
     {

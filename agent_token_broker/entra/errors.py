@@ -18,8 +18,8 @@ from typing import Any
 import requests
 
 from agent_token_broker.cache.token import AcquireError
-from agent_token_broker.entra.http import CallState
 from agent_token_broker.entra.revocation import LegParties, Revocation, decide
+from agent_token_broker.msal_http import CallState
 
 # Codes that mean "the client's credential was not accepted": the next configured credential may work.
 CREDENTIAL_REJECTED_CODES = frozenset({7000215, 7000222, 700027, 700024, 700211, 700213})

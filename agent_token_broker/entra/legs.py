@@ -24,8 +24,8 @@ from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.credentials import CredentialError, CredentialSource
 from agent_token_broker.entra import errors
 from agent_token_broker.entra.apps import AppRegistry
-from agent_token_broker.entra.http import UpstreamHttp, call_state
 from agent_token_broker.entra.revocation import LegParties, Revocation, agent_tag, blueprint_tag
+from agent_token_broker.msal_http import UpstreamHttp, call_state
 
 __all__ = ["EXCHANGE_SCOPE", "EntraLegs", "UpstreamObserver", "agent_tag", "blueprint_tag"]
 

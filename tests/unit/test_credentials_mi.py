@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from agent_token_broker.credentials import CredentialError, ManagedIdentitySource, build_sources
+from agent_token_broker.msal_http import call_state
 from agent_token_broker.settings import AzureAdConfig, CredentialConfig
 
 MI_CLIENT_ID = "d1d1d1d1-0001-4a2b-8c3d-4e5f6a7b8c91"
@@ -43,7 +44,12 @@ class ImdsHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         self.server.requests.append(
-            {"path": parts.path, "query": query, "metadata": self.headers.get("Metadata")}
+            {
+                "path": parts.path,
+                "query": query,
+                "metadata": self.headers.get("Metadata"),
+                "client_request_id": self.headers.get("client-request-id"),
+            }
         )
         if self.server.reply is not None:
             status, body = self.server.reply
@@ -161,3 +167,29 @@ def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(CredentialError, match="unreachable") as info:
         source.client_credential()["client_assertion"]()
     assert info.value.transient is True
+
+
+def test_a_call_nested_in_a_token_call_leaves_that_calls_state_alone(imds: FakeImds) -> None:
+    """MSAL fetches the managed identity's token as the blueprint's assertion, on the worker
+    thread of the blueprint's token call: the IMDS request must not carry that call's
+    correlation id, and its status must not become that call's (the authority's) status."""
+    outer = call_state()
+    outer.reset(correlation_id="corr-of-the-token-call")
+    outer.status = 400
+    imds.reply = (500, json.dumps({"error": "server_error", "error_description": "IMDS is sad"}))
+    source = ManagedIdentitySource(0, client_id=MI_CLIENT_ID, resource=EXCHANGE, http_session=requests.Session())
+    with pytest.raises(CredentialError, match=r"\[HTTP 500\]"):  # its own status, read from its own state
+        source.client_credential()["client_assertion"]()
+    assert call_state() is outer
+    assert (outer.status, outer.correlation_id) == (400, "corr-of-the-token-call")
+    assert imds.requests and all(r["client_request_id"] is None for r in imds.requests)
+    assert all(r["path"] == "/metadata/identity/oauth2/token" for r in imds.requests)
+
+
+def test_token_responses_are_never_kept_like_discovery_documents(imds: FakeImds) -> None:
+    """The managed identity's tokens are GETs: two sources asking make two requests."""
+    session = requests.Session()
+    for expected in (1, 2):
+        source = ManagedIdentitySource(0, client_id=MI_CLIENT_ID, resource=EXCHANGE, http_session=session)
+        assert source.client_credential()["client_assertion"]() == f"mi-token-for-{MI_CLIENT_ID}-{expected}"
+    assert len(imds.requests) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from agent_token_broker.entra import errors
-from agent_token_broker.entra.http import CallState
 from agent_token_broker.entra.revocation import (
     Cause,
     LegParties,
@@ -18,6 +17,7 @@ from agent_token_broker.entra.revocation import (
     rejects_exchange_token,
     token_tags,
 )
+from agent_token_broker.msal_http import CallState
 
 BP = "3b6e9d21-8a4f-4c7e-b152-6f0a9e3d7c58"
 AGENT = "a1a1a1a1-0001-4e6f-9a1b-1c2d3e4f5a61"

@@ -1,29 +1,36 @@
-"""The HTTP client MSAL uses: one pooled ``requests`` session for every MSAL app.
+"""The broker's one HTTP client for MSAL (``http_client=``): token requests of the blueprint
+and agent apps, and the managed-identity credential's requests.
 
 Why our own client instead of MSAL's default:
 
 * one connection pool for the blueprint app and every per-agent app, trusting the broker's
   one trust store (:mod:`agent_token_broker.trust`; replaced live when the CA bundle changes);
-* timeouts on every call (a hung authority must not hang a worker thread);
+* timeouts on every call (a hung authority or IMDS must not hang a worker thread);
 * discovery documents fetched once per process, not once per MSAL app, so a new
-  agent identity costs no discovery request;
-* the HTTP status, ``Retry-After`` and correlation id of the last token response
-  are recorded per worker thread, because MSAL returns a 429/4xx body as a plain
-  dict and loses them.
+  agent identity costs no discovery request (bounded, 24 h);
+* the HTTP status, ``Retry-After`` and correlation id of the last response are recorded
+  per worker thread (:func:`call_state`), because MSAL returns a 429/4xx body as a plain
+  dict and loses them. A call made while another is running on the thread (the managed
+  identity's token, fetched as the blueprint's assertion) runs in a
+  :func:`nested_call_state` so it neither reads nor overwrites the outer call's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+from cachetools import TTLCache
 from requests.adapters import HTTPAdapter
 
 DISCOVERY_TTL_SECONDS = 24 * 3600.0
+DISCOVERY_MAX_DOCUMENTS = 1024  # authority metadata per tenant and instance discovery
 
 
 @dataclass
@@ -35,7 +42,6 @@ class CallState:
     status: int | None = None
     retry_after: float | None = None
     response_correlation_id: str | None = None
-    requests: int = 0
 
     def reset(self, *, assertion: str | None = None, correlation_id: str | None = None) -> None:
         self.assertion = assertion
@@ -43,7 +49,6 @@ class CallState:
         self.status = None
         self.retry_after = None
         self.response_correlation_id = None
-        self.requests = 0
 
 
 class _Local(threading.local):
@@ -61,6 +66,17 @@ def call_state() -> CallState:
     return _local.state
 
 
+@contextlib.contextmanager
+def nested_call_state() -> Iterator[CallState]:
+    """A fresh :class:`CallState` for a call nested in the thread's current one, restored after."""
+    outer = _local.state
+    _local.state = CallState()
+    try:
+        yield _local.state
+    finally:
+        _local.state = outer
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds form only; dates are ignored)."""
     if not value:
@@ -70,12 +86,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
-
-
-@dataclass
-class _CachedGet:
-    response: requests.Response
-    expires: float
 
 
 class _ContextAdapter(HTTPAdapter):
@@ -94,29 +104,48 @@ class _ContextAdapter(HTTPAdapter):
         conn.ca_cert_dir = None
 
 
-@dataclass
 class UpstreamHttp:
-    """A thread-safe ``http_client`` for MSAL (``post``/``get`` returning ``requests`` responses)."""
+    """A thread-safe ``http_client`` for MSAL (``post``/``get`` returning ``requests`` responses).
 
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    pool_size: int = 16
-    ssl_context: ssl.SSLContext | None = None  # None: the system's trust
+    Builds and owns its session (pool of ``pool_size``, trusting ``ssl_context``; None: the
+    system's trust), or, given ``session``, uses that one (whose owner keeps its trust).
+    ``cache_discovery``: keep successful GETs (MSAL's confidential clients GET only
+    discovery documents; the managed-identity client GETs tokens, which must not be kept).
+    """
 
-    def __post_init__(self) -> None:
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxies, netrc or CA variables: trust is explicit
-        self._adapter = _ContextAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
-        if self.ssl_context is not None:
-            self.use_ssl_context(self.ssl_context)
-        self._session.mount("https://", self._adapter)
-        self._session.mount("http://", self._adapter)
-        self._discovery: dict[str, _CachedGet] = {}
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        pool_size: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
+        session: requests.Session | None = None,
+        cache_discovery: bool = True,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._adapter: _ContextAdapter | None = None
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxies, netrc or CA variables: trust is explicit
+            self._adapter = _ContextAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            if ssl_context is not None:
+                self.use_ssl_context(ssl_context)
+            session.mount("https://", self._adapter)
+            session.mount("http://", self._adapter)
+        self._session = session
+        self._discovery: TTLCache[str, requests.Response] | None = (
+            TTLCache(DISCOVERY_MAX_DOCUMENTS, DISCOVERY_TTL_SECONDS, timer=time.monotonic)
+            if cache_discovery
+            else None
+        )
         self._lock = threading.Lock()
 
     def use_ssl_context(self, context: ssl.SSLContext) -> None:
         """Trust ``context`` for new connections from now on (pooled ones are dropped)."""
-        self.ssl_context = context
+        if self._adapter is None:
+            raise RuntimeError("the trust of a borrowed session is its owner's to change")
         manager = self._adapter.poolmanager
         manager.connection_pool_kw["ssl_context"] = context
         manager.clear()
@@ -136,7 +165,6 @@ class UpstreamHttp:
         if state.correlation_id:
             headers["client-request-id"] = state.correlation_id
         self._timeout(kwargs)
-        state.requests += 1
         resp = self._session.post(url, headers=headers, **kwargs)
         state.status = resp.status_code
         state.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -146,18 +174,28 @@ class UpstreamHttp:
         return resp
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
+        discovery = self._discovery
+        if discovery is None:
+            self._timeout(kwargs)
+            return self._record(self._session.get(url, **kwargs))
         params = kwargs.get("params")
         key = url + "?" + repr(sorted(params.items())) if isinstance(params, dict) else url
-        now = time.monotonic()
         with self._lock:
-            hit = self._discovery.get(key)
-        if hit is not None and hit.expires > now:
-            return hit.response
+            hit = discovery.get(key)
+        if hit is not None:
+            return hit
         self._timeout(kwargs)
         resp = self._session.get(url, **kwargs)
         if 200 <= resp.status_code < 300:
             with self._lock:
-                self._discovery[key] = _CachedGet(resp, now + DISCOVERY_TTL_SECONDS)
+                discovery[key] = resp
+        return resp
+
+    @staticmethod
+    def _record(resp: requests.Response) -> requests.Response:
+        state = call_state()
+        state.status = resp.status_code
+        state.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         return resp
 
     def close(self) -> None:

@@ -6,8 +6,9 @@
 * Entra correlation ids travel as the ``correlation_id`` record attribute
   (``log.info(..., extra={"correlation_id": ...})``).
 * Defence in depth: anything shaped like a JWT in a message is replaced by
-  ``<redacted-jwt>`` and tracebacks are reduced to the exception type. Code must
-  still never log tokens, assertions or secrets in the first place.
+  ``<redacted-jwt>`` and tracebacks are reduced to the exception type (an unexpected
+  500 adds ``frames``: where it was raised, ``file:line:function``, never values).
+  Code must still never log tokens, assertions or secrets in the first place.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ EXTRA_FIELDS = (
     "upstream_status",
     "error_code",
     "duration_ms",
+    "frames",
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 

@@ -1,12 +1,20 @@
-"""Helpers shared by tests that start real servers: free loopback ports, required system binaries."""
+"""Helpers shared by tests: free loopback ports, required system binaries, the broker's logs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+from agent_token_broker.logs import setup_logging
 
 
 def free_port() -> int:
@@ -27,3 +35,43 @@ def require_binary(name: str, package: str) -> str:
             pytest.fail(reason)
         pytest.skip("SKIPPED LOUDLY: " + reason)
     return path
+
+
+class Captured:
+    """What the broker logged: its JSON lines, and every record raw."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.raw: list[str] = []
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
+
+
+class _Raw(logging.Handler):
+    def __init__(self, out: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The unformatted message and every attribute: what a careless handler could write.
+        self.out.append(record.getMessage() + " " + repr(record.__dict__))
+
+
+@contextlib.contextmanager
+def broker_logs() -> Iterator[Captured]:
+    """The broker's own logging setup at DEBUG, writing to a buffer (plus a raw capture);
+    the root logger is restored after."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    saved_levels = {n: logging.getLogger(n).level for n in ("msal", "urllib3", "aiohttp.access")}
+    captured = Captured()
+    setup_logging("Debug", stream=captured.stream)
+    root.addHandler(_Raw(captured.raw))
+    try:
+        yield captured
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)

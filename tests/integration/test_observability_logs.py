@@ -3,60 +3,27 @@ and never a token, assertion or secret."""
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import pytest
 
-from agent_token_broker.logs import REQUEST_ID, redact, setup_logging
+from agent_token_broker.logs import REQUEST_ID, redact
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
+from tests.support import Captured, broker_logs
 
 A1 = demo.AGENT_1_ID
 UNAUTH = "/AuthorizationHeaderUnauthenticated"
 
 
-class Captured:
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-        self.raw: list[str] = []
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
-
-
-class _Raw(logging.Handler):
-    def __init__(self, out: list[str]) -> None:
-        super().__init__(logging.DEBUG)
-        self.out = out
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # The unformatted message and every attribute: what a careless handler could write.
-        self.out.append(record.getMessage() + " " + repr(record.__dict__))
-
-
 @pytest.fixture
 def logs() -> Iterator[Captured]:
-    """The broker's own logging setup at DEBUG, writing to a buffer (plus a raw capture)."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    saved_levels = {n: logging.getLogger(n).level for n in ("msal", "urllib3", "aiohttp.access")}
-    captured = Captured()
-    setup_logging("Debug", stream=captured.stream)
-    root.addHandler(_Raw(captured.raw))
-    try:
+    with broker_logs() as captured:
         yield captured
-    finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 async def drive_every_flow(
@@ -87,9 +54,9 @@ async def drive_every_flow(
     # Tokens the broker holds internally (T1, T2) must not appear either.
     cache = broker.runtime.cache
     for key in cache.keys():
-        token = cache.current(key)
-        if token is not None:
-            secrets.append(token.value)
+        held = cache.current(key)
+        if held is not None:
+            secrets.append(held.value)
     return secrets
 
 

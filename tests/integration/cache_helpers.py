@@ -70,6 +70,12 @@ async def fetch(session: aiohttp.ClientSession, url: str, *, headers: dict[str, 
             return Reply(resp.status, body, resp.content_type, dict(resp.headers), sent, received)
 
 
+async def sleep_until(moment: float) -> None:
+    """Wait until the wall clock (the broker's cache clock) reads ``moment`` or later."""
+    while (left := moment - time.time()) > 0:
+        await asyncio.sleep(left)
+
+
 def client_session(limit: int = 100, total: float = 60.0) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit),

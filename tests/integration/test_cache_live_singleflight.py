@@ -8,6 +8,7 @@ from typing import Any
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, requests_since, select
 from tests.integration.conftest import BrokerFactory
+from tests.integration.helpers import scrape, value, wait_for_metric
 
 CONCURRENCY = 1000
 
@@ -35,12 +36,17 @@ async def test_thousand_concurrent_cold_requests_make_one_upstream_request_per_l
 async def test_disconnected_waiters_do_not_cancel_the_shared_acquisition(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
+    # The authority holds each answer (T1, then the app token) while the 100 requests join.
     admin.fault(target="token", mode="latency", latency_ms=800)
     async with broker_factory() as broker, client_session(limit=200) as session:
         url = broker.api_urls[0] + app_path(A2, "demo")
+        joined = value(await scrape(session, broker), "cache_lookups_total", result="coalesced")
         quitters = [asyncio.ensure_future(fetch(session, url)) for _ in range(50)]
         stayers = [asyncio.ensure_future(fetch(session, url)) for _ in range(50)]
-        await asyncio.sleep(0.3)  # all 100 are waiting on the one acquisition
+        # All 100 are waiting on the one acquisition: one started it, 99 joined it.
+        await wait_for_metric(
+            session, broker, "cache_lookups_total", lambda n: n >= joined + 99, result="coalesced"
+        )
         for task in quitters:
             task.cancel()  # the client hangs up
         async with asyncio.timeout(30):

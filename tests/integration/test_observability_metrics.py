@@ -1,8 +1,9 @@
 """``/metrics`` on the ops listener of a real broker against the emulator: names, values, request ids,
-and bounded cardinality under 100,000 distinct agent/user keys."""
+and bounded cardinality under many distinct agent and user keys."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -22,31 +23,10 @@ from agent_token_broker.tokens import Flow, TokenRequest
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
-from tests.integration.helpers import get
+from tests.integration.helpers import METRIC_PREFIX, get, samples, scrape, value
 
-P = "agent_token_broker_"
 UNAUTH_ROUTE = "/AuthorizationHeaderUnauthenticated/{api}"
 APP_PATH = f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}"
-
-
-async def scrape(http: aiohttp.ClientSession, broker: RunningBroker) -> str:
-    assert broker.ops_url is not None
-    async with http.get(broker.ops_url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.content_type == "text/plain"
-        return await resp.text()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text)[(P + name, tuple(sorted(labels.items())))]
 
 
 async def test_metrics_count_requests_cache_and_upstream(
@@ -62,7 +42,7 @@ async def test_metrics_count_requests_cache_and_upstream(
     assert value(text, "ready") == 1
     assert value(text, "credential_ready") == 1 and value(text, "authority_ready") == 1
     assert value(text, "build_info", version=__version__, python=_python()) == 1
-    assert (P + "token_earliest_expiry_seconds") in text  # family present, no sample yet
+    assert (METRIC_PREFIX + "token_earliest_expiry_seconds") in text  # family present, no sample yet
 
     for _ in range(3):
         status, body, _ = await get(http, broker, APP_PATH)
@@ -123,60 +103,83 @@ async def test_request_ids_are_echoed_only_when_sane(
     assert len(ids) == 6  # generated ids are distinct
 
 
-async def test_series_stay_bounded_under_100k_distinct_agent_and_user_keys(
+SEEDED = 100_000  # distinct keys through the cache's bound
+HITS = 3_000  # of them asked for over HTTP
+REFUSED = 30  # distinct unknown agents, users and tenants sent upstream over HTTP
+
+
+async def test_series_stay_bounded_under_many_distinct_agent_and_user_keys(
     broker_factory: BrokerFactory, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    """100,000 distinct agent identities and users go through the cache, the metric paths and the
-    API; the series count is what a handful of keys produce."""
+    """Distinct agent identities and users go through the API (cache hits, and calls the
+    emulator refuses) and 100,000 distinct keys through the cache's bound; the series are
+    exactly those a handful of keys produce: no identity or user in any label."""
     async with broker_factory(Broker__Cache__MaxEntries="50000") as broker:
         runtime = broker.runtime
-        # A few real requests through every route, so every label value used below already exists.
-        for path in (APP_PATH, APP_PATH, "/no/such/route"):
+        # A few real requests through every route and outcome, so every label value used below exists.
+        for path in (APP_PATH, APP_PATH, "/no/such/route", _unknown_agent_path(0)):
             await get(http, broker, path)
         baseline = await scrape(http, broker)
         base_series = len(samples(baseline))
 
+        # 100,000 distinct agents and users seeded as warm-up and the shared cache do (``put``);
+        # the cache keeps 50,000 of them.
         now = time.time()
 
         async def never() -> CachedToken:
             raise AssertionError("pre-seeded keys are served from cache")
 
-        agents = [str(uuid.UUID(int=i + 1)) for i in range(100_000)]
+        agents = [str(uuid.UUID(int=i + 1)) for i in range(SEEDED)]
         for i, agent in enumerate(agents):
             req = TokenRequest(
                 Flow.AGENT_USER,
-                scopes=("https://graph.microsoft.com/.default",),
+                scopes=(f"{demo.GRAPH_RESOURCE}/.default",),
                 agent=agent,
                 username=f"user{i}@contoso.example",
-                tenant=f"tenant-{i}",
             )
-            key = runtime.tokens.key_for(req)
-            token = CachedToken(f"v{i}", expires_at=now + 3600, acquired_at=now)
-            runtime.cache.put(key, token, never)
-            got = runtime.tokens.peek(req)  # the API's hot path: a hit, counted by the observer
-            assert got is not None and got.value == f"v{i}"
-            # The upstream observer sees every leg and outcome regardless of identity.
-            runtime.legs.observer.upstream_started("user_fic")
-            runtime.legs.observer.upstream_finished("user_fic", None, 0.01)
-        # And real API requests with distinct (unknown) agents and users.
-        for i in range(20):
-            await get(
-                http,
-                broker,
-                f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={agents[i]}&AgentUsername=u{i}@x.example",
-            )
+            runtime.cache.put(runtime.tokens.key_for(req), CachedToken(f"v{i}", now + 3600, now), never)
+        # Real requests for distinct seeded keys still held: each a cache hit over HTTP.
+        asked = range(SEEDED - HITS, SEEDED)
+        connector = aiohttp.TCPConnector(limit=50)
+        async with aiohttp.ClientSession(connector=connector) as client:
+            for start in range(0, HITS, 500):
+                replies = await asyncio.gather(
+                    *(
+                        get(client, broker, f"{UNAUTH}/graph?AgentIdentity={agents[i]}"
+                            f"&AgentUsername=user{i}@contoso.example")
+                        for i in asked[start : start + 500]
+                    )
+                )
+                assert all(status == 200 for status, _, _ in replies), replies[0]
+        # And real upstream calls for distinct unknown agents and users (refused).
+        for i in range(1, REFUSED + 1):
+            status, body, _ = await get(http, broker, _unknown_agent_path(i))
+            assert status in (400, 401), body
 
         text = await scrape(http, broker)
         after = samples(text)
-        assert value(text, "cache_lookups_total", result="hit") >= 100_000
-        assert value(text, "cache_evictions_total", reason="lru") >= 50_000  # bounded memory too
-        assert value(text, "upstream_requests_total", leg="user_fic", outcome="success") >= 100_000
+        assert value(text, "cache_lookups_total", result="hit") >= HITS + 1
+        assert value(text, "cache_evictions_total", reason="lru") >= SEEDED - 50_000  # bounded memory
+        assert value(text, "cache_entries") <= 50_000
+        assert value(text, "upstream_requests_total", leg="t1", outcome="refused") >= REFUSED
         # Exactly the series a handful of keys produced: no identity, user or tenant in any label.
         assert set(after) == set(samples(baseline)), sorted(set(after) ^ set(samples(baseline)))
         assert len(after) == base_series < 1000
-        for agent in agents[:20] + agents[-5:]:
+        for agent in agents[-HITS:][:20] + agents[-5:]:
             assert agent not in text
-        assert "contoso" not in text and "tenant-" not in text and "x.example" not in text
+        assert "contoso" not in text and "x.example" not in text
+        assert not any(str(_unknown_agent(i)) in text for i in range(REFUSED + 1))
+
+
+UNAUTH = "/AuthorizationHeaderUnauthenticated"
+
+
+def _unknown_agent(i: int) -> uuid.UUID:
+    return uuid.UUID(int=(9 << 64) + i)
+
+
+def _unknown_agent_path(i: int) -> str:
+    return f"{UNAUTH}/graph?AgentIdentity={_unknown_agent(i)}&AgentUsername=u{i}@x.example"
 
 
 ROOT = Path(__file__).resolve().parents[2]

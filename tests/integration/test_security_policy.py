@@ -9,7 +9,7 @@ import aiohttp
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
-from tests.integration.helpers import get
+from tests.integration.helpers import get, wait_for_metric
 from tests.integration.security_helpers import STRICT_HEADER, assert_problem_parts
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
@@ -112,15 +112,12 @@ async def test_per_caller_concurrency_and_request_timeout(
         Broker__Limits__MaxConcurrentRequestsPerCaller="1", Broker__Limits__RequestTimeoutSeconds="0.5"
     ) as broker:
         path = f"{UNAUTH}/graph?AgentIdentity={A1}"
-        slow, busy = await asyncio.gather(
-            get(http, broker, path), _after(0.2, get(http, broker, "/Validate"))
-        )
+        slow_request = asyncio.ensure_future(get(http, broker, path))
+        # The slow request holds the caller's one slot once its upstream call is in flight.
+        await wait_for_metric(http, broker, "upstream_in_flight", lambda n: n >= 1)
+        busy = await get(http, broker, "/Validate")
+        slow = await slow_request
         assert_problem_parts(busy[0], busy[2]["Content-Type"], busy[1], 429)
         assert_problem_parts(slow[0], slow[2]["Content-Type"], slow[1], 503)
         assert slow[1]["type"].endswith("request-timeout")
     admin.clear_faults()
-
-
-async def _after(delay: float, coro: object) -> object:
-    await asyncio.sleep(delay)
-    return await coro  # type: ignore[misc]

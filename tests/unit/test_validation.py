@@ -633,7 +633,7 @@ async def test_verified_signature_is_remembered_but_every_other_check_still_runs
     fetches = authority.jwks_fetches
     await v.validate(long_lived)  # still published until the refresh lands
     await _wait_for(lambda: authority.jwks_fetches > fetches)
-    await asyncio.sleep(0.05)
+    await v.prefetch()  # joins the background refresh until the new keys are in place
     with pytest.raises(InvalidToken) as caught:
         await v.validate(long_lived)
     assert caught.value.reason == "unknown signing key"

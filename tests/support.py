@@ -9,8 +9,10 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
 
 import pytest
 
@@ -75,3 +77,42 @@ def broker_logs() -> Iterator[Captured]:
         root.setLevel(saved[1])
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+class LocalHttpServer(ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 (a free port), for tests that need a peer speaking HTTP."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.shutdown()
+            self.server_close()
+            thread.join(timeout=5)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers JSON."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def send_json(self, status: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,29 +14,21 @@ import requests
 from agent_token_broker.credentials import CredentialError, ManagedIdentitySource, build_sources
 from agent_token_broker.msal_http import call_state
 from agent_token_broker.settings import AzureAdConfig, CredentialConfig
+from tests.support import JsonHandler, LocalHttpServer
 
 MI_CLIENT_ID = "d1d1d1d1-0001-4a2b-8c3d-4e5f6a7b8c91"
 EXCHANGE = "api://AzureADTokenExchange"
 
 
-class FakeImds(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeImds(LocalHttpServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), ImdsHandler)
+        super().__init__(ImdsHandler)
         self.requests: list[dict[str, Any]] = []
         self.reply: tuple[int, str] | None = None  # override: (status, body)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
-
-class ImdsHandler(BaseHTTPRequestHandler):
+class ImdsHandler(JsonHandler):
     server: FakeImds
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -66,12 +56,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
                 }
             )
             status = 200
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, body)
 
 
 @pytest.fixture
@@ -89,16 +74,9 @@ def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
-    server = FakeImds()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", server.url)
-    try:
+    with FakeImds().running() as server:
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", server.url)
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_user_assigned_identity_token_is_the_assertion_and_cached(imds: FakeImds) -> None:

@@ -40,5 +40,7 @@ class NullObserver:
 
     __slots__ = ()
 
-    def __getattr__(self, _hook: str) -> Callable[..., None]:
+    def __getattr__(self, hook: str) -> Callable[..., None]:
+        if hook.startswith("_"):  # not a hook (copy, pickle, introspection)
+            raise AttributeError(hook)
         return _ignore

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 from agent_token_broker.cache.observer import NullObserver
@@ -39,36 +40,21 @@ class SharedCacheObserver(Protocol):
 
 
 class CountingObserver:
-    """Counts every event as ``"<hook>:<label>"`` and forwards it to ``inner``."""
+    """Counts every event as ``"<hook>:<label>"`` and forwards it to ``inner`` (every hook of
+    :class:`SharedCacheObserver` takes one label)."""
 
     def __init__(self, inner: SharedCacheObserver | None = None) -> None:
         self.counts: Counter[str] = Counter()
         self._inner: SharedCacheObserver = inner if inner is not None else NullObserver()
 
-    def lookup(self, result: str) -> None:
-        self.counts["lookup:" + result] += 1
-        self._inner.lookup(result)
+    def __getattr__(self, hook: str) -> Callable[[str], None]:
+        if hook.startswith("_"):
+            raise AttributeError(hook)
+        forward: Callable[[str], None] = getattr(self._inner, hook)
+        counts = self.counts
 
-    def rejected(self, reason: str) -> None:
-        self.counts["rejected:" + reason] += 1
-        self._inner.rejected(reason)
+        def count(label: str) -> None:
+            counts[f"{hook}:{label}"] += 1
+            forward(label)
 
-    def lock(self, result: str) -> None:
-        self.counts["lock:" + result] += 1
-        self._inner.lock(result)
-
-    def write(self, result: str) -> None:
-        self.counts["write:" + result] += 1
-        self._inner.write(result)
-
-    def error(self, op: str) -> None:
-        self.counts["error:" + op] += 1
-        self._inner.error(op)
-
-    def skipped(self, op: str) -> None:
-        self.counts["skipped:" + op] += 1
-        self._inner.skipped(op)
-
-    def breaker(self, state: str) -> None:
-        self.counts["breaker:" + state] += 1
-        self._inner.breaker(state)
+        return count

@@ -7,9 +7,9 @@ interpreter joins executor threads at exit, and SIGTERM never completes.
 
 Here every such call runs in a *daemon* thread and the caller waits at most
 ``timeout`` seconds; a call that does not return in time raises :class:`FileTimeout`
-and its thread is abandoned (daemon threads do not delay exit). While one call on a
-path is still stuck, further calls on that path fail at once instead of piling up
-threads. Files are opened non-blocking and must be regular files, so a FIFO or a
+and its thread is abandoned (daemon threads do not delay exit). Concurrent calls on a
+path share the access in flight; once an access has outlived a caller's timeout, further
+calls on that path fail at once instead of piling up threads. Files are opened non-blocking and must be regular files, so a FIFO or a
 device is refused immediately rather than waited on.
 """
 
@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -46,31 +46,54 @@ class _Outcome(Generic[T]):
     error: BaseException | None = None
 
 
-def _bounded(key: str, fn: Callable[[], T], timeout: float) -> T:
-    """Run ``fn`` in a daemon thread; wait at most ``timeout`` seconds (synchronous callers)."""
+@dataclass
+class _Call(Generic[T]):
+    """One access in flight; concurrent callers of the same access wait for it (single-flight)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: _Outcome[T] = field(default_factory=_Outcome)
+
+
+_inflight: dict[tuple[str, str], _Call[object]] = {}
+
+
+def _bounded(key: str, fn: Callable[[], T], timeout: float, kind: str = "") -> T:
+    """Run ``fn`` in a daemon thread; wait at most ``timeout`` seconds (synchronous callers).
+
+    Concurrent calls of the same ``kind`` on ``key`` share one access (a dozen token requests
+    checking one certificate file at once are not a stuck mount); only an access that outlived
+    a caller's ``timeout`` marks ``key`` stuck, and then further calls fail at once.
+    """
     with _stuck_lock:
         if key in _stuck:
             raise FileTimeout(f"{key}: an earlier access has not returned yet (stuck mount?)")
-        _stuck.add(key)
-    done = threading.Event()
-    outcome: _Outcome[T] = _Outcome()
+        call = _inflight.get((kind, key))
+        start = call is None
+        if call is None:
+            call = _inflight[(kind, key)] = _Call()
 
-    def run() -> None:
-        try:
-            outcome.value = fn()
-        except BaseException as exc:  # handed to the caller
-            outcome.error = exc
-        finally:
-            with _stuck_lock:
-                _stuck.discard(key)
-            done.set()
+    if start:
+        def run() -> None:
+            try:
+                call.outcome.value = fn()
+            except BaseException as exc:  # handed to the callers
+                call.outcome.error = exc
+            finally:
+                with _stuck_lock:
+                    _stuck.discard(key)
+                    if _inflight.get((kind, key)) is call:
+                        del _inflight[(kind, key)]
+                call.done.set()
 
-    threading.Thread(target=run, name="file-io", daemon=True).start()
-    if not done.wait(timeout):
+        threading.Thread(target=run, name="file-io", daemon=True).start()
+    if not call.done.wait(timeout):
+        with _stuck_lock:
+            if not call.done.is_set():
+                _stuck.add(key)
         raise FileTimeout(f"{key}: no answer within {timeout:g} s (stuck mount or blocked file?)")
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.value  # type: ignore[return-value]
+    if call.outcome.error is not None:
+        raise call.outcome.error
+    return call.outcome.value  # type: ignore[return-value]
 
 
 def _read_regular(path: str, max_bytes: int) -> bytes:
@@ -97,12 +120,12 @@ def read_file(path: str, *, timeout: float = FILE_TIMEOUT_SECONDS, max_bytes: in
     :raises FileNotFoundError: missing. :raises NotRegularFile: FIFO/socket/device.
     :raises FileTimeout: no answer in time. :raises OSError: anything else.
     """
-    return _bounded(path, lambda: _read_regular(path, max_bytes), timeout)
+    return _bounded(path, lambda: _read_regular(path, max_bytes), timeout, f"read:{max_bytes}")
 
 
 def stat_file(path: str, *, timeout: float = FILE_TIMEOUT_SECONDS) -> os.stat_result:
     """``os.stat(path)`` (following symlinks) in a daemon thread within ``timeout``."""
-    return _bounded(path, lambda: os.stat(path), timeout)
+    return _bounded(path, lambda: os.stat(path), timeout, "stat")
 
 
 async def run_off_loop(fn: Callable[[], T]) -> T:

@@ -50,6 +50,43 @@ def test_a_call_that_never_returns_times_out_and_blocks_no_one(tmp_path: Path) -
     assert fileio._bounded(key, lambda: 42, 5) == 42  # ...and works again once it returned
 
 
+def test_concurrent_calls_share_the_access_in_flight_instead_of_failing(tmp_path: Path) -> None:
+    """Token requests for many agents check one certificate file at once: that is not a stuck mount."""
+    key = str(tmp_path / "blueprint.pfx")
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_read() -> bytes:
+        calls.append(1)
+        release.wait(5)
+        return b"certificate"
+
+    results: list[object] = []
+
+    def caller() -> None:
+        try:
+            results.append(fileio._bounded(key, slow_read, 10, "read"))
+        except OSError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the other callers arrive while the first access is in flight
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert results == [b"certificate"] * 8
+    assert len(calls) == 1  # one access for all of them
+    # A stat and a read of the same path are different accesses (never each other's result).
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    assert fileio.stat_file(str(path)).st_size == 3 and fileio.read_file(str(path)) == b"abc"
+
+
 def test_run_off_loop_uses_a_daemon_thread_not_the_default_executor() -> None:
     seen: list[bool] = []
 

@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from agent_token_broker.logs import setup_logging
+from agent_token_broker.reload import ConfigSources, Signature
 from agent_token_broker.settings import ConfigError, Settings, effective_config, load_settings
 
 
@@ -81,24 +82,43 @@ def check_config_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _sources(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[ConfigSources, Signature | None]:
+    """What a reload reads again (the environment as now, the file, the overrides), and the
+    file's signature taken before the first read (a change made meanwhile is then seen)."""
+    try:
+        overrides = _overrides(args)
+    except ConfigError:
+        overrides = {}  # _load reports it
+    sources = ConfigSources(dict(os.environ if env is None else env), args.config, overrides)
+    return sources, sources.signature()
+
+
 def serve_main(argv: Sequence[str]) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is installed
     parser = argparse.ArgumentParser(prog="agent-token-broker serve")
     _common_args(parser)
     args = parser.parse_args(argv)
+    sources, signature = _sources(args)
     settings = _load(args)
     if settings is None:
         return 2
     setup_logging(settings.log_level)
-    return _serve(settings)
+    return _serve(settings, sources=sources, signature=signature)
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _serve(settings: Settings, main: Coroutine[Any, Any, None] | None = None) -> int:
-    """Run ``main`` (default: serve until signalled); a listener that cannot be opened is one
-    clear line, not a traceback."""
+def _serve(
+    settings: Settings,
+    main: Coroutine[Any, Any, None] | None = None,
+    *,
+    sources: ConfigSources | None = None,
+    signature: Signature | None = None,
+) -> int:
+    """Run ``main`` (default: serve until signalled, reloading from ``sources`` on SIGHUP); a
+    listener that cannot be opened is one clear line, not a traceback."""
     import logging
 
     from agent_token_broker.server import run, serve_forever
@@ -110,7 +130,7 @@ def _serve(settings: Settings, main: Coroutine[Any, Any, None] | None = None) ->
     for warning in settings.warnings:
         log.warning("config: %s", warning)
     try:
-        run(main if main is not None else serve_forever(settings))
+        run(main if main is not None else serve_forever(settings, sources, signature=signature))
     except ConfigError as err:  # found while building the runtime
         _print_config_error(err)
         return 2
@@ -136,6 +156,7 @@ def dev_main(argv: Sequence[str]) -> int:
         "--emulator-port", type=int, default=0, help="emulator HTTPS port (default: any free)"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is installed
     from agent_token_broker.dev import merged_environment, serve_dev, state_directory
     from entra_emulator.runner import EmulatorServer
 
@@ -151,11 +172,12 @@ def dev_main(argv: Sequence[str]) -> int:
             # Trust the emulator's CA (MSAL reads the process environment), before the checks read it.
             os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(emulator.ca_path)
             env = merged_environment(os.environ, emulator, overrides)
+            sources, signature = _sources(args, env)
             settings = _load(args, env=env)
             if settings is None:
                 return 2
             setup_logging(settings.log_level)
-            code = _serve(settings, serve_dev(settings, emulator, temporary))
+            code = _serve(settings, serve_dev(settings, emulator, temporary, sources, signature))
             if code == 1:
                 print(
                     'agent-token-broker dev: choose free ports, e.g. make dev ARGS="--listen 127.0.0.1:5001 '

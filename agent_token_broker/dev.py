@@ -8,7 +8,6 @@ example commands is printed -- so every printed line works the moment it is show
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shlex
 import shutil
@@ -19,7 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.reload import ConfigSources, Signature
+from agent_token_broker.server import RunningBroker, serve_forever
 from agent_token_broker.settings import Settings
 from entra_emulator import demo
 
@@ -165,15 +165,20 @@ def instructions(settings: Settings, broker: RunningBroker, emulator: EmulatorLi
     return "\n".join(lines)
 
 
-async def serve_dev(settings: Settings, emulator: EmulatorLike, temporary: bool) -> None:
-    """Bind the broker's listeners, then print the banner; run until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as broker:
+async def serve_dev(
+    settings: Settings,
+    emulator: EmulatorLike,
+    temporary: bool,
+    sources: ConfigSources | None = None,
+    signature: Signature | None = None,
+) -> None:
+    """Bind the broker's listeners, then print the banner; run until SIGINT/SIGTERM (SIGHUP
+    reloads the configuration from ``sources``, as ``serve`` does)."""
+
+    def banner(broker: RunningBroker) -> None:
         print(instructions(settings, broker, emulator, temporary), flush=True)
-        await stop.wait()
+
+    await serve_forever(settings, sources, signature=signature, started=banner)
 
 
 @contextlib.contextmanager

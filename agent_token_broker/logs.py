@@ -88,10 +88,15 @@ def setup_logging(level: str, *, stream: TextIO | None = None) -> logging.Handle
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
+    return handler
+
+
+def set_level(level: str) -> None:
+    """Set the root level (Python or Microsoft name); also at start-up and on a reload."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.strip().lower(), logging.INFO))
     # MSAL and urllib3 log request details at DEBUG; keep them quiet unless asked for.
     for noisy in ("msal", "urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
-    return handler

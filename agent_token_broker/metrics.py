@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from agent_token_broker import __version__
 from agent_token_broker.cache.token import AcquireError
+from agent_token_broker.reload import RESULTS as RELOAD_RESULTS
 
 PREFIX = "agent_token_broker"
 UNMATCHED = "unmatched"
@@ -216,6 +217,15 @@ class BrokerMetrics:
             "Entra refusals about an identity itself, each revoking its cached tokens in one tenant.",
             ["identity", "cause"], registry=r,
         )  # fmt: skip
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads", "Configuration reloads (SIGHUP or a changed --config file) by result.",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.config_restart_pending = Gauge(
+            f"{PREFIX}_config_restart_pending",
+            "1 when the last reload found changed keys that need a restart (their running values are kept).",
+            registry=r,
+        )
         build = Gauge(
             f"{PREFIX}_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )
@@ -245,6 +255,7 @@ class BrokerMetrics:
             for kind in (*REVOKED_IDENTITIES, OTHER) for cause in (*REVOCATION_CAUSES, OTHER)
         }  # fmt: skip
         self._in_flight = self.upstream_in_flight
+        self._reloads = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
 
         # Scrape-time sources, wired by the runtime.
         self.next_expiry: Callable[[], float | None] | None = None
@@ -281,6 +292,11 @@ class BrokerMetrics:
 
     def entries(self, count: int) -> None:
         self.cache_entries.set(count)
+
+    def config_reloaded(self, result: str, *, restart_pending: bool) -> None:
+        """One finished reload (``result``: one of :data:`agent_token_broker.reload.RESULTS`)."""
+        self._reloads[result].inc()
+        self.config_restart_pending.set(1 if restart_pending else 0)
 
     # -- upstream observer (called from MSAL worker threads; prometheus_client is thread-safe) -----
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -16,17 +16,22 @@ from agent_token_broker.credentials import build_sources
 from agent_token_broker.entra.legs import EntraLegs
 from agent_token_broker.l2 import SharedTokenCache, build_shared_cache
 from agent_token_broker.l2.metrics import SharedCacheMetrics
+from agent_token_broker.logs import set_level
 from agent_token_broker.metrics import BrokerMetrics
 from agent_token_broker.msal_http import UpstreamHttp
 from agent_token_broker.outbound import OutboundSessions
 from agent_token_broker.readiness import Readiness, ReadinessState, UpstreamMonitor
+from agent_token_broker.reload import APPLIED, RESTART_REQUIRED, UNCHANGED, ReloadReport
 from agent_token_broker.settings import DownstreamApiConfig, Settings
+from agent_token_broker.settings.changes import changes, in_force
 from agent_token_broker.tokens import TokenService
 from agent_token_broker.trust import TrustStore
 from agent_token_broker.validation import InboundValidator
 
 log = logging.getLogger("agent_token_broker")
 PROBE_GRANT = "urn:agent-token-broker:readiness-probe"
+# Called with (old, new) when a reload puts new settings in force; see Runtime.on_settings_change.
+SettingsListener = Callable[[Settings, Settings], None]
 
 
 @dataclass
@@ -46,6 +51,45 @@ class Runtime:
     shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # What derived state from the settings: told when a reload changes them (see apply_settings).
+    settings_listeners: list[SettingsListener] = field(default_factory=list)
+    # Changed keys the last reload could not apply (they need a restart); running values kept.
+    restart_pending: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.on_settings_change(self._settings_changed)
+
+    def on_settings_change(self, listener: SettingsListener) -> None:
+        """Register ``listener(old, new)``, called on the event loop when a reload puts new settings
+        in force. Whatever caches something computed from the settings (a memo of decisions, a
+        parsed allow-list, a limiter's rates) registers here and rebuilds or drops it; listeners
+        must not block and must not fail."""
+        self.settings_listeners.append(listener)
+
+    def apply_settings(self, new: Settings) -> ReloadReport:
+        """Put ``new``'s live keys in force (one swap of the immutable settings, then the listeners,
+        with no await between: a request sees the old settings or the new ones, never a mix).
+
+        Keys that need a restart keep their running values and are named in the report; the
+        token cache is kept. ``new`` must be a validated configuration (``load_settings``).
+        """
+        old = self.settings
+        found = changes(old, new)
+        applied = tuple(c.key for c in found if c.live)
+        self.restart_pending = tuple(c.key for c in found if not c.live)
+        if not applied:
+            return ReloadReport(RESTART_REQUIRED if self.restart_pending else UNCHANGED, restart=self.restart_pending)
+        self.settings = in_force(old, new)
+        for listener in self.settings_listeners:
+            try:
+                listener(old, self.settings)
+            except Exception as exc:  # a bug: say so, keep applying the rest
+                log.error("reload: %r failed to apply the new settings (%s)", listener, type(exc).__name__)
+        return ReloadReport(APPLIED, applied=applied, restart=self.restart_pending)
+
+    def _settings_changed(self, old: Settings, new: Settings) -> None:
+        if new.log_level != old.log_level:
+            set_level(new.log_level)
 
     @property
     def session(self) -> aiohttp.ClientSession:

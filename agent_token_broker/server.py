@@ -1,4 +1,4 @@
-"""Run the broker: API and ops listeners, graceful shutdown on SIGTERM/SIGINT."""
+"""Run the broker: API and ops listeners, graceful shutdown on SIGTERM/SIGINT, reload on SIGHUP."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from aiohttp import web
 from agent_token_broker.api.app import create_api_app, create_ops_app
 from agent_token_broker.api.protocol import ProblemAppRunner
 from agent_token_broker.listeners import BoundListener, ConnectionGuard, ConnectionLimits, bind, serve
+from agent_token_broker.reload import ConfigReloader, ConfigSources, Signature
 from agent_token_broker.runtime import Runtime
 from agent_token_broker.settings import Settings
 
@@ -119,16 +120,56 @@ async def running(settings: Settings, *, wait_ready: float | None = None) -> Asy
             item.remove_socket_file()
 
 
-async def serve_forever(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT; in-flight requests get a grace period to finish."""
+async def serve_forever(
+    settings: Settings,
+    sources: ConfigSources | None = None,
+    *,
+    signature: Signature | None = None,
+    started: Callable[[RunningBroker], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; in-flight requests get a grace period to finish.
+
+    SIGHUP (and a change of the ``--config`` file) reloads the configuration from ``sources``
+    (see :mod:`agent_token_broker.reload`); ``signature`` is the config file's, taken before
+    ``settings`` were read. A SIGHUP during start-up is served once the broker runs.
+    ``started`` is called once the listeners are open (``dev`` prints its banner there).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as broker:
-        log.info("API listening on %s; ops on %s", ", ".join(broker.api_urls), broker.ops_url or "off")
-        await stop.wait()
-        log.info("shutting down")
+    reloaders: list[ConfigReloader] = []
+    early: list[bool] = []
+
+    def on_hangup() -> None:
+        if reloaders:
+            reloaders[0].request()
+        elif sources is None:
+            log.warning("SIGHUP ignored: this broker was started without its configuration sources")
+        else:
+            early.append(True)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    task: asyncio.Task[None] | None = None
+    try:
+        async with running(settings) as broker:
+            if sources is not None:
+                reloaders.append(ConfigReloader(broker.runtime, sources, signature=signature))
+                task = asyncio.create_task(reloaders[0].run(), name="config-reload")
+                if early:
+                    reloaders[0].request()
+            log.info("API listening on %s; ops on %s", ", ".join(broker.api_urls), broker.ops_url or "off")
+            if started is not None:
+                started(broker)
+            await stop.wait()
+            log.info("shutting down")
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until exit: a late SIGHUP must not kill us (129)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -20,11 +20,16 @@ class Deadlines:
     """Tracks in-flight request tasks and cancels those that overrun ``limit`` seconds."""
 
     def __init__(self, limit: float, *, period: float = WATCHDOG_PERIOD_SECONDS) -> None:
-        self.limit = limit
-        self.period = min(period, limit)
+        self._base_period = period
+        self.configure(limit)
         self._due: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+
+    def configure(self, limit: float) -> None:
+        """The limit of requests entering from now on (also on a reload); earlier ones keep theirs."""
+        self.limit = limit
+        self.period = min(self._base_period, limit)
 
     def enter(self, task: asyncio.Task[object], now: float) -> None:
         self._due[task] = now + self.limit

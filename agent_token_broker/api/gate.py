@@ -14,7 +14,8 @@ bearer token). The gate then, always in this order:
 
 Decisions of routes without a bearer token are remembered, keyed on the canonical parsed
 request (so spelling, order and no-op variants share one entry) and bounded in bytes; only
-decisions that produced a token are remembered.
+decisions that produced a token are remembered. A configuration reload drops them all
+(:meth:`agent_token_broker.runtime.Runtime.on_settings_change`).
 """
 
 from __future__ import annotations
@@ -224,6 +225,16 @@ class TokenGate:
         self.misses = MissLimiter(runtime.settings.security.limits, clock=clock)
         self._memo: dict[tuple[Route, str | None, ParsedQuery], Decision] = {}
         self._memo_bytes = 0
+        runtime.on_settings_change(self._settings_changed)
+
+    def _settings_changed(self, _old: Settings, new: Settings) -> None:
+        """A reload: decide under the new policy from the next request on. Remembered decisions
+        were made under the old one (an allow-list, an API's scopes, an override flag may have
+        changed), so they go; the limiter takes the new rates and keeps its buckets."""
+        self._settings = new
+        self._memo.clear()
+        self._memo_bytes = 0
+        self.misses.configure(new.security.limits)
 
     @property
     def memo_bytes(self) -> int:

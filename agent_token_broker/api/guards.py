@@ -51,6 +51,13 @@ class GuardState:
         self.in_flight = InFlight(settings.security.limits)
         self.deadlines = Deadlines(settings.security.limits.request_timeout_seconds)
 
+    def settings_changed(self, _old: Settings, new: Settings) -> None:
+        """A reload: new allow-lists and limits for the next request; counts and buckets kept."""
+        self.settings = new
+        limits = new.security.limits
+        self.in_flight.configure(limits)
+        self.deadlines.configure(limits.request_timeout_seconds)
+
 
 _STATES: weakref.WeakKeyDictionary[web.Application, GuardState] = weakref.WeakKeyDictionary()
 
@@ -58,7 +65,9 @@ _STATES: weakref.WeakKeyDictionary[web.Application, GuardState] = weakref.WeakKe
 def guard_state(app: web.Application) -> GuardState:
     state = _STATES.get(app)
     if state is None:
-        state = _STATES[app] = GuardState(app[RUNTIME].settings)
+        runtime = app[RUNTIME]
+        state = _STATES[app] = GuardState(runtime.settings)
+        runtime.on_settings_change(state.settings_changed)
     return state
 
 

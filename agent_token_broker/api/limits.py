@@ -51,6 +51,12 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def reshape(self, rate: float, burst: float) -> None:
+        """New rate and burst; what the bucket holds (refilled at the old rate so far) is kept, capped."""
+        self._refill()
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
     def give_back(self) -> None:
         self.tokens = min(self.burst, self.tokens + 1.0)
 
@@ -70,6 +76,14 @@ class MissLimiter:
         self._burst = limits.cache_miss_burst_per_agent
         self._agents: OrderedDict[str, TokenBucket] = OrderedDict()
         self._recent: OrderedDict[Hashable, float] = OrderedDict()
+
+    def configure(self, limits: LimitsConfig) -> None:
+        """New rates and bursts (a reload); each bucket keeps what it holds, up to its new burst."""
+        self._rate = limits.cache_misses_per_second_per_agent
+        self._burst = limits.cache_miss_burst_per_agent
+        self._global.reshape(limits.cache_misses_per_second, limits.cache_miss_burst)
+        for bucket in self._agents.values():
+            bucket.reshape(self._rate, self._burst)
 
     def _agent_bucket(self, key: str) -> TokenBucket:
         bucket = self._agents.get(key)
@@ -125,10 +139,14 @@ class InFlight:
     """Counts in-flight requests, globally and per caller."""
 
     def __init__(self, limits: LimitsConfig) -> None:
-        self._max_total = limits.max_concurrent_requests
-        self._max_caller = limits.max_concurrent_requests_per_caller
         self._total = 0
         self._by_caller: dict[str, int] = {}
+        self.configure(limits)
+
+    def configure(self, limits: LimitsConfig) -> None:
+        """New caps (also on a reload): requests already in flight are still counted."""
+        self._max_total = limits.max_concurrent_requests
+        self._max_caller = limits.max_concurrent_requests_per_caller
 
     def enter(self, caller: str) -> None:
         """Count a request in, or raise 429 (per caller) / 503 (broker full)."""

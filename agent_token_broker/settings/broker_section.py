@@ -122,7 +122,7 @@ class DownstreamCallConfig:
     timeout_seconds: float = setting("TimeoutSeconds", 30.0, low=0, high=600, low_open=True, doc="Total time of one `/DownstreamApi*` call to the downstream API (504 beyond).")
     max_response_bytes: int = setting("MaxResponseBytes", 10 * 1024 * 1024, low=1, high=1 << 30, doc="Largest downstream response body, decompressed, a call returns (502 beyond).")
     max_request_bytes: int = setting("MaxRequestBytes", 1024 * 1024, low=0, high=1 << 30, doc="Largest request body a call forwards (413 beyond).")
-    max_connections: int = setting("MaxConnections", 64, low=1, high=10_000, doc="Connections open at once to downstream APIs, a pool of their own (the authority's signing-key fetches have another); more calls wait within their timeout.")
+    max_connections: int = setting("MaxConnections", 64, low=1, high=10_000, live=False, doc="Connections open at once to downstream APIs, a pool of their own (the authority's signing-key fetches have another); more calls wait within their timeout.")
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,8 @@ class ManagedIdentityEndpointConfig:
     enabled: bool = setting("Enabled", False, default_doc="`true` when `Secret` or `SecretFile` is set", doc="Serve `GET /msi/token` (App Service managed-identity protocol) on the API listener; see [integration.md](integration.md).")
     secret: Secret | None = setting("Secret", None, min_len=16, doc="The `X-IDENTITY-HEADER` value callers must send (their `IDENTITY_HEADER`). Not with `SecretFile`.")
     secret_file: str = setting("SecretFile", DEFAULT_IDENTITY_HEADER_FILE, values_doc="path", doc="File holding the secret, re-read when it changes; if missing, a random one is written there (0600, directory 0700).")
-    default_agent_identity: str | None = setting("DefaultAgentIdentity", None, parse=checks.guid(" (an agent identity client id)"), values_doc="GUID", doc="Agent identity of requests without `client_id` (\"system-assigned\"); without it `client_id` is required.")
-    allowed_resources: tuple[str, ...] | None = setting("AllowedResources", None, parse=checks.resource, default_doc="the resources of the configured `DownstreamApis`", values_doc="URIs or app ids", doc="Resources `/msi/token` issues tokens for (case, trailing `/` and `/.default` ignored); others get 403. Never the token-exchange audience.")
+    default_agent_identity: str | None = setting("DefaultAgentIdentity", None, parse=checks.guid(" (an agent identity client id)"), values_doc="GUID", live=True, doc="Agent identity of requests without `client_id` (\"system-assigned\"); without it `client_id` is required.")
+    allowed_resources: tuple[str, ...] | None = setting("AllowedResources", None, parse=checks.resource, default_doc="the resources of the configured `DownstreamApis`", values_doc="URIs or app ids", live=True, doc="Resources `/msi/token` issues tokens for (case, trailing `/` and `/.default` ignored); others get 403. Never the token-exchange audience.")
 
     @classmethod
     def settle(cls, v: Draft) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent_token_broker.settings.changes import is_live
 from agent_token_broker.settings.model import Settings
 from agent_token_broker.settings.schema import Key, Secret, declared, default_of
 
@@ -40,23 +41,26 @@ def _values(key: Key, shape: str, tp: Any) -> str:
     return text + (" (SourceType " + ", ".join(f"`{s}`" for s in key.sources) + ")" if key.sources else "")
 
 
-def rows(cls: Any, prefix: str = "") -> Iterator[tuple[str, str, str, str, str]]:
-    """``(section, key, default, values, meaning)`` for every key ``cls`` declares."""
+def rows(cls: Any, prefix: str = "", live: bool = False) -> Iterator[tuple[str, str, str, str, str, str]]:
+    """``(section, key, default, values, reload, meaning)`` for every key ``cls`` declares;
+    ``reload``: ``live`` (a reload applies it) or ``restart``."""
     for name, key, shape, tp, _ in declared(cls):
         path = f"{prefix}__{key.name}" if prefix else key.name
+        key_live = is_live(key, live)
+        reload = "live" if key_live else "restart"
         if shape == "section":
-            yield from rows(tp, path)
+            yield from rows(tp, path, key_live)
         elif shape in ("named", "indexed"):
-            yield from rows(tp, path + ("__<name>" if shape == "named" else "__N"))
+            yield from rows(tp, path + ("__<name>" if shape == "named" else "__N"), key_live)
         elif shape == "map":
             for entry, value in default_of(cls, name).items():
-                yield prefix, f"`{path}__{entry}`", _default(key, value), "bool", key.doc.format(name=entry)
+                yield prefix, f"`{path}__{entry}`", _default(key, value), "bool", reload, key.doc.format(name=entry)
         else:
             label = f"`{path}`" + "".join(f" (or `{a}`)" for a in key.aliases)
-            yield prefix, label, _default(key, default_of(cls, name)), _values(key, shape, tp), key.doc
+            yield prefix, label, _default(key, default_of(cls, name)), _values(key, shape, tp), reload, key.doc
     for verdict, marks in (("accepted, warning", "IGNORED"), ("refused", "REJECTED")):
         for name, text in getattr(cls, marks, {}).items():
-            yield prefix, f"`{prefix}__{name}`", "", verdict, text
+            yield prefix, f"`{prefix}__{name}`", "", verdict, "", text
 
 
 def _section(prefix: str, label: str) -> str:
@@ -72,7 +76,7 @@ def reference() -> str:
     firsts = list(dict.fromkeys(name.split("__")[0] for name in tables))
     parts = [BEGIN]
     for name, lines in sorted(tables.items(), key=lambda item: firsts.index(item[0].split("__")[0])):
-        parts += ["", f"### `{name}`", "", "| key | default | values | meaning |", "|---|---|---|---|", *lines]
+        parts += ["", f"### `{name}`", "", "| key | default | values | reload | meaning |", "|---|---|---|---|---|", *lines]
     return "\n".join([*parts, "", END])
 
 

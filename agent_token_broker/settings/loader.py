@@ -18,6 +18,7 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
     overrides: Mapping[str, str] | None = None,
+    config_data: bytes | None = None,
 ) -> Settings:
     """Load and validate the configuration.
 
@@ -27,10 +28,12 @@ def load_settings(
         is the default path for ``SignedAssertionFilePath`` credentials.
     :param config_file: an ``appsettings.json`` file (lowest precedence after the defaults).
     :param overrides: flat ``Key__Sub=Value`` pairs from the command line (highest precedence).
+    :param config_data: the bytes of ``config_file`` when the caller read them (a reload reads
+        the file with a bounded, regular-files-only read); by default the file is read here.
     :raises ConfigError: listing every problem found, one line each, naming the key.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
-    tree = build_tree(environ, config_file, overrides)
+    tree = build_tree(environ, config_file, overrides, config_data)
     problems = Problems(environ)
     problems.errors.extend(tree.problems)
     problems.warnings.extend(tree.warnings)

@@ -5,10 +5,12 @@ one-line doc (a :class:`Key`); a ``Secret`` annotation makes it secret, a declar
 annotation a sub-section (the default is then its class), ``Mapping[str, X]`` named entries and
 ``tuple[X, ...]`` an array. From the declarations come reading and validation (:func:`read`),
 unknown-key detection (:func:`unknown_keys`), the redacted view ``check-config`` prints
-(:func:`effective`) and the reference tables of docs/configuration.md (``docs.py``). SPIRE's
-struct-tagged configuration is the model. A dataclass may also declare ``IGNORED`` / ``REJECTED``
-(key -> warning / error), ``OPEN`` (keys under which anything goes), ``DERIVED`` (label ->
-attribute shown by ``check-config``) and ``settle(draft)`` for checks across keys.
+(:func:`effective`), what a reload may apply (``changes.py``: ``live=True`` marks a key, or a
+section's keys, that a running broker takes on; every other key needs a restart) and the
+reference tables of docs/configuration.md (``docs.py``). SPIRE's struct-tagged configuration is
+the model. A dataclass may also declare ``IGNORED`` / ``REJECTED`` (key -> warning / error),
+``OPEN`` (keys under which anything goes), ``DERIVED`` (label -> attribute shown by
+``check-config``) and ``settle(draft)`` for checks across keys.
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ class Key:
     show: Callable[[Any], Any] | None = None  # how check-config shows the value
     default_doc: str | None = None  # the docs' default and values columns, when not derived
     values_doc: str | None = None
+    # Whether a reload (SIGHUP, config file change) applies a change of this key to the running
+    # broker (True) or it needs a restart (False); None: as the enclosing section, and at the top
+    # level "restart". See settings/changes.py.
+    live: bool | None = None
 
 
 def setting(name: str, default: Any = MISSING, doc: str = "", **options: Any) -> Any:

@@ -25,11 +25,11 @@ class RequireHeaderConfig:
 class LimitsConfig:
     """``Broker__Limits__*``: sizes, concurrency, time and the cache-miss rate."""
 
-    max_request_line_bytes: int = setting("MaxRequestLineBytes", 16384, low=1024, high=1 << 20, doc="Longest request line (431 beyond).")
+    max_request_line_bytes: int = setting("MaxRequestLineBytes", 16384, low=1024, high=1 << 20, live=False, doc="Longest request line (431 beyond).")
     max_query_bytes: int = setting("MaxQueryBytes", 12288, low=256, high=1 << 20, doc="Longest query string (414 beyond).")
-    max_header_bytes: int = setting("MaxHeaderBytes", 8190, low=1024, high=1 << 20, doc="Longest header (431 beyond).")
+    max_header_bytes: int = setting("MaxHeaderBytes", 8190, low=1024, high=1 << 20, live=False, doc="Longest header (431 beyond).")
     max_total_header_bytes: int = setting("MaxTotalHeaderBytes", 32768, low=1024, high=1 << 22, doc="Total size of the headers (431 beyond).")
-    max_headers: int = setting("MaxHeaders", 64, low=8, high=1024, doc="Number of headers (431 beyond).")
+    max_headers: int = setting("MaxHeaders", 64, low=8, high=1024, live=False, doc="Number of headers (431 beyond).")
     max_body_bytes: int = setting("MaxBodyBytes", 65536, low=0, high=64 << 20, doc="Largest declared body (413); a GET with a body is refused (413).")
     max_concurrent_requests: int = setting("MaxConcurrentRequests", 4096, low=1, high=1_000_000, doc="In-flight requests for the whole broker (503 beyond).")
     max_concurrent_requests_per_caller: int = setting("MaxConcurrentRequestsPerCaller", 2048, low=1, high=1_000_000, doc="In-flight requests per caller: peer IP, or Unix peer uid (429 beyond).")
@@ -38,10 +38,10 @@ class LimitsConfig:
     cache_miss_burst: int = setting("CacheMissBurst", 100, low=1, high=1_000_000, doc="Burst of that bucket.")
     cache_misses_per_second_per_agent: float = setting("CacheMissesPerSecondPerAgent", 10.0, low=0, high=1e6, low_open=True, doc="The same per agent identity (or the blueprint).")
     cache_miss_burst_per_agent: int = setting("CacheMissBurstPerAgent", 20, low=1, high=1_000_000, doc="Burst of the per-agent bucket.")
-    idle_timeout_seconds: float = setting("IdleTimeoutSeconds", 60.0, low=0, high=3600, low_open=True, doc="Both listeners: a connection with no request in progress (just opened, or kept alive after a response) is closed after this long.")
-    header_timeout_seconds: float = setting("HeaderTimeoutSeconds", 10.0, low=0, high=600, low_open=True, doc="Both listeners: from the first byte of a request head to its end, however slowly it trickles; then 408 `header-timeout` and close.")
-    ops_max_connections: int = setting("OpsMaxConnections", 64, low=1, high=100_000, doc="Open connections on the ops listener; more are answered 503 `too-many-connections` and closed. New ones are also refused while fewer than max(64, RLIMIT_NOFILE/4) file descriptors are left (the API listener keeps them).")
-    ops_max_connections_per_peer: int = setting("OpsMaxConnectionsPerPeer", 8, low=1, high=100_000, doc="Open connections on the ops listener per peer address (503 `too-many-connections` beyond).")
+    idle_timeout_seconds: float = setting("IdleTimeoutSeconds", 60.0, low=0, high=3600, low_open=True, live=False, doc="Both listeners: a connection with no request in progress (just opened, or kept alive after a response) is closed after this long.")
+    header_timeout_seconds: float = setting("HeaderTimeoutSeconds", 10.0, low=0, high=600, low_open=True, live=False, doc="Both listeners: from the first byte of a request head to its end, however slowly it trickles; then 408 `header-timeout` and close.")
+    ops_max_connections: int = setting("OpsMaxConnections", 64, low=1, high=100_000, live=False, doc="Open connections on the ops listener; more are answered 503 `too-many-connections` and closed. New ones are also refused while fewer than max(64, RLIMIT_NOFILE/4) file descriptors are left (the API listener keeps them).")
+    ops_max_connections_per_peer: int = setting("OpsMaxConnectionsPerPeer", 8, low=1, high=100_000, live=False, doc="Open connections on the ops listener per peer address (503 `too-many-connections` beyond).")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class SecurityConfig:
     allowed_agent_users: tuple[str, ...] | None = setting("AllowedAgentUsers", None, parse=checks.agent_user, default_doc="any", values_doc="UPN or object id", doc="Only these `AgentUsername`/`AgentUserId` values (case-insensitive).")
     required_scopes: tuple[str, ...] = setting("RequiredScopes", (), doc="The inbound token on `/AuthorizationHeader` must carry all these scopes (`scp`), 403 otherwise.")
     required_roles: tuple[str, ...] = setting("RequiredRoles", (), doc="The inbound token on `/AuthorizationHeader` must carry all these roles, 403 otherwise.")
-    unix_socket_mode: int = setting("UnixSocketMode", DEFAULT_UNIX_SOCKET_MODE, parse=checks.socket_mode, show=lambda m: f"0{m:o}", default_doc="`0660`", values_doc="octal ≤ `0770`", doc="File mode of Unix-socket listeners.")
+    unix_socket_mode: int = setting("UnixSocketMode", DEFAULT_UNIX_SOCKET_MODE, parse=checks.socket_mode, live=False, show=lambda m: f"0{m:o}", default_doc="`0660`", values_doc="octal ≤ `0770`", doc="File mode of Unix-socket listeners.")
     limits: LimitsConfig = setting("Limits", LimitsConfig)
 
 

@@ -116,9 +116,10 @@ class Tree:
                 continue
             self.put(parts, value)
 
-    def add_json_file(self, path: str | Path) -> None:
+    def add_json_file(self, path: str | Path, data: bytes | None = None) -> None:
+        """Add ``path``'s keys (``data``: its bytes, when the caller read them already)."""
         try:
-            text = strip_jsonc(decode_config(Path(path).read_bytes()))
+            text = strip_jsonc(decode_config(Path(path).read_bytes() if data is None else data))
         except OSError as exc:
             self.problems.append(f"--config {path}: cannot read file ({exc.strerror or type(exc).__name__})")
             return
@@ -161,12 +162,15 @@ class Tree:
 
 
 def build_tree(
-    env: Mapping[str, str], config_file: str | Path | None, overrides: Mapping[str, str] | None
+    env: Mapping[str, str],
+    config_file: str | Path | None,
+    overrides: Mapping[str, str] | None,
+    config_data: bytes | None = None,
 ) -> Tree:
     """Merge the sources in ASP.NET Core order: appsettings.json < environment < overrides."""
     tree = Tree()
     if config_file is not None:
-        tree.add_json_file(config_file)
+        tree.add_json_file(config_file, config_data)
     tree.add_flat(env, origin="environment", only_known=True)
     if overrides:
         tree.add_flat(overrides, origin="command line", only_known=False)

@@ -1,0 +1,146 @@
+"""Reload in a running broker (in this event loop): what a reload changes takes effect at the next
+request, even for a request whose decision was remembered before; the token cache is kept.
+
+The real-signal test (a ``serve`` process, SIGHUP, the config-file watch) is test_reload_process.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from agent_token_broker.api.guards import guard_state
+from agent_token_broker.api.state import GATE
+from agent_token_broker.reload import APPLIED, RESTART_REQUIRED, UNCHANGED
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
+from tests.integration.cache_helpers import last_seq, requests_since
+from tests.integration.conftest import BrokerFactory, make_settings
+from tests.integration.helpers import get
+
+A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
+UNAUTH = "/AuthorizationHeaderUnauthenticated"
+BOTH = {"Broker__AllowedAgentIdentities__0": A1, "Broker__AllowedAgentIdentities__1": A2}
+
+
+async def _token(http: aiohttp.ClientSession, broker: RunningBroker, path: str) -> str:
+    status, body, _ = await get(http, broker, path)
+    assert status == 200, body
+    return str(body["authorizationHeader"])
+
+
+async def test_a_narrowed_allow_list_refuses_a_remembered_request_and_keeps_the_cache(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    async with broker_factory(**BOTH) as broker:
+        runtime = broker.runtime
+        one, two = f"{UNAUTH}/graph?AgentIdentity={A1}", f"{UNAUTH}/graph?AgentIdentity={A2}"
+        first = await _token(http, broker, one)
+        await _token(http, broker, two)
+        assert await _token(http, broker, two)  # a cache hit through the remembered decision
+        gate = broker.runners[0].app[GATE]
+        assert gate.memo_bytes > 0  # both decisions remembered
+        seq = last_seq(admin)
+
+        report = runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1))
+
+        assert report.result == APPLIED and report.applied == ("Broker__AllowedAgentIdentities",)
+        assert report.restart == ()
+        assert gate.memo_bytes == 0  # decisions made under the old allow-list are gone
+        status, body, _ = await get(http, broker, two)
+        assert status == 403 and body["type"].endswith("agent-not-allowed"), body
+        assert await _token(http, broker, one) == first  # the same cached token
+        assert requests_since(admin, seq) == []  # and no upstream call for it
+        assert runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1)).result == UNCHANGED
+
+
+async def test_changed_scopes_of_an_api_apply_to_remembered_requests(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    async with broker_factory() as broker:
+        path = f"{UNAUTH}/graph?AgentIdentity={A1}"
+        graph = await _token(http, broker, path)
+        new = make_settings(emulator, DownstreamApis__graph__Scopes__0=f"{demo.DEMO_API_RESOURCE}/.default")
+        assert broker.runtime.apply_settings(new).applied == ("DownstreamApis__graph__Scopes",)
+        demo_api = await _token(http, broker, path)
+        assert demo_api != graph
+        back = make_settings(emulator)
+        assert broker.runtime.apply_settings(back).result == APPLIED
+        seq = last_seq(admin)
+        assert await _token(http, broker, path) == graph  # the graph token was kept in the cache
+        assert requests_since(admin, seq) == []
+
+
+async def test_guards_limits_and_override_flags_follow_a_reload(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    async with broker_factory() as broker:
+        runtime = broker.runtime
+        path = f"{UNAUTH}/graph?AgentIdentity={A1}"
+        scoped = f"{UNAUTH}/graph?AgentIdentity={A2}&optionsOverride.RequestAppToken=true&optionsOverride.Scopes="
+        await _token(http, broker, path)
+        status, body, _ = await get(http, broker, scoped + f"{demo.DEMO_API_RESOURCE}/.default")
+        assert status == 400 and body["type"].endswith("override-not-allowed"), body
+        report = runtime.apply_settings(
+            make_settings(
+                emulator,
+                Broker__RequireHeader__Enabled="true",
+                Broker__Limits__MaxQueryBytes="256",
+                Broker__Limits__CacheMissesPerSecondPerAgent="0.01",
+                Broker__Limits__CacheMissBurstPerAgent="1",
+                Broker__Limits__MaxConcurrentRequests="7",
+                Broker__Limits__RequestTimeoutSeconds="12",
+                Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
+            )
+        )
+        assert report.result == APPLIED and len(report.applied) == 7, report
+        status, body, _ = await get(http, broker, path)
+        assert status == 400 and body["type"].endswith("missing-required-header"), body
+        header = {"X-Token-Broker-Request": "true"}
+        status, body, _ = await get(http, broker, path + "&x=" + "a" * 300, headers=header)
+        assert status == 414, body
+        state = guard_state(broker.runners[0].app)
+        assert state.deadlines.limit == 12.0 and state.in_flight._max_total == 7
+        # The override is allowed now; the per-agent miss bucket holds one: a second cold key is 429
+        # (refused before any upstream call).
+        status, body, _ = await get(http, broker, scoped + f"{demo.DEMO_API_RESOURCE}/.default", headers=header)
+        assert status == 200, body
+        status, body, _ = await get(http, broker, scoped + "api://another-resource/.default", headers=header)
+        assert status == 429 and body["type"].endswith("too-many-cache-misses"), body
+
+
+async def test_keys_that_need_a_restart_are_reported_and_keep_their_running_values(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    async with broker_factory() as broker:
+        runtime = broker.runtime
+        before = runtime.settings
+        report = runtime.apply_settings(
+            make_settings(emulator, Broker__Listen="127.0.0.1:1", Broker__Upstream__ReadTimeoutSeconds="3")
+        )
+        assert report.result == RESTART_REQUIRED
+        assert report.restart == ("Broker__Listen", "Broker__Upstream__ReadTimeoutSeconds")
+        assert runtime.settings is before and runtime.restart_pending == report.restart
+        assert "needs a restart" in report.message() and "Broker__Listen" in report.message()
+        report = runtime.apply_settings(make_settings(emulator, Broker__Listen="127.0.0.1:1", Broker__Strict="true"))
+        assert report.applied == ("Broker__Strict", "Broker__RequireHeader__Enabled")  # its default follows
+        assert report.restart == ("Broker__Listen",)
+        assert runtime.settings.strict and runtime.settings.listen == before.listen
+        assert runtime.apply_settings(make_settings(emulator)).restart == ()  # back as it runs
+        assert runtime.restart_pending == ()
+        await _token(http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}")
+
+
+async def test_the_log_level_follows_a_reload(broker_factory: BrokerFactory, emulator: EmulatorServer) -> None:
+    root = logging.getLogger()
+    saved = root.level
+    try:
+        async with broker_factory() as broker:
+            broker.runtime.apply_settings(make_settings(emulator, Logging__LogLevel__Default="Error"))
+            assert root.level == logging.ERROR
+            broker.runtime.apply_settings(make_settings(emulator, Logging__LogLevel__Default="Debug"))
+            assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(saved)

@@ -156,7 +156,9 @@ class ConfigReloader:
         try:
             new = await run_off_loop(lambda: _load_checked(self.sources, running))
         except ConfigError as err:
-            report = ReloadReport(REJECTED, problems=tuple(err.problems))
+            # A file that cannot be read or parsed: that is the problem (not every key it lacks).
+            problems = [p for p in err.problems if p.startswith("--config ")] or err.problems
+            report = ReloadReport(REJECTED, problems=tuple(problems))
         else:
             report = self.runtime.apply_settings(new)
             new_warnings = [w for w in new.warnings if w not in running.warnings]
@@ -176,7 +178,7 @@ class ConfigReloader:
             self._signature, self._signed = await run_off_loop(self.sources.signature), True
         while True:
             period = self.runtime.settings.config_watch_seconds
-            await asyncio.sleep(period if period > 0 else 5.0)
+            await asyncio.sleep(period if period > 0 else 1.0)  # off: look again whether a reload turned it on
             if period <= 0 or self._wanted.is_set():
                 continue
             signature = await run_off_loop(self.sources.signature)

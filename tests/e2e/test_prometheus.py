@@ -231,7 +231,7 @@ def test_alert_rules_fire_on_exported_series() -> None:
         r["alert"]
         for g in rules
         for r in g["rules"]
-        if "shared_cache" in r["expr"] or "process_" in r["expr"]
+        if "shared_cache" in r["expr"] or "process_" in r["expr"] or "config_" in r["expr"]
     }
     assert new_rules and new_rules <= tested, sorted(new_rules - tested)
 

@@ -306,6 +306,18 @@ def test_shared_cache_without_the_redis_client_is_one_config_error(pod: Pod) -> 
     ) in err.splitlines(), err
 
 
+def test_kill_hup_1_reloads_and_the_broker_keeps_serving(pod: Pod) -> None:
+    """docs/deploy.md's reload command: the broker is PID 1 and a SIGHUP re-reads its configuration."""
+    code, out, err = pod.exec("sh", "-c", "kill -HUP 1")
+    assert code == 0, out + err
+    deadline = time.monotonic() + WAIT_SECONDS
+    while "configuration reload (SIGHUP): no change" not in pod.logs():
+        assert pod.running(), pod.logs()[-3000:]
+        assert time.monotonic() < deadline, "no reload line:\n" + pod.logs()[-3000:]
+        time.sleep(0.1)
+    assert pod.running() and _get(pod.ops + "/readyz")[0] == 200
+
+
 def test_sigterm_stops_it_within_two_seconds_with_exit_code_0(pod: Pod) -> None:
     """Last: stops the shared container. ``podman stop`` kills (137) whatever outlives the grace period."""
     assert pod.running()

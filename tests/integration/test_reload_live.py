@@ -7,6 +7,7 @@ The real-signal test (a ``serve`` process, SIGHUP, the config-file watch) is tes
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import aiohttp
 
@@ -14,6 +15,7 @@ from agent_token_broker.api.guards import guard_state
 from agent_token_broker.api.state import GATE
 from agent_token_broker.reload import APPLIED, RESTART_REQUIRED, UNCHANGED
 from agent_token_broker.server import RunningBroker
+from agent_token_broker.settings import CaseInsensitiveMapping
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.cache_helpers import last_seq, requests_since
@@ -144,3 +146,62 @@ async def test_the_log_level_follows_a_reload(broker_factory: BrokerFactory, emu
             assert root.level == logging.DEBUG
     finally:
         root.setLevel(saved)
+
+
+async def test_a_remembered_no_op_override_is_decided_again_under_the_new_scopes(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    """The gate remembers a canonical decision: an override equal to the API's scopes is a no-op,
+    allowed without ``Sidecar__AllowOverrides``. Once a reload changes the API's scopes, the same
+    request changes the scopes, so it is an override the route does not allow."""
+    async with broker_factory() as broker:
+        noop = f"{UNAUTH}/graph?AgentIdentity={A1}&optionsOverride.Scopes={demo.GRAPH_RESOURCE}/.default"
+        plain = f"{UNAUTH}/graph?AgentIdentity={A1}"
+        token = await _token(http, broker, noop)
+        assert await _token(http, broker, plain) == token  # one canonical request, one cache key
+        new = make_settings(emulator, DownstreamApis__graph__Scopes__0=f"{demo.DEMO_API_RESOURCE}/.default")
+        broker.runtime.apply_settings(new)
+        status, body, _ = await get(http, broker, noop)
+        assert status == 400 and body["type"].endswith("override-not-allowed"), body
+        assert await _token(http, broker, plain) != token  # the API's new scope
+
+
+async def test_msi_resource_allow_lists_follow_a_reload_and_keep_the_cache(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    """``/msi/token`` issues tokens for the configured APIs' resources (or AllowedResources): a
+    reload that drops the demo API refuses its resource at once, also for a remembered request,
+    while the graph token is served from the cache."""
+    secret = "test-identity-header-0123456789"
+    keys = {"Broker__ManagedIdentityEndpoint__Secret": secret, "Broker__ManagedIdentityEndpoint__DefaultAgentIdentity": A2}
+    headers = {"X-IDENTITY-HEADER": secret}
+
+    async def msi(resource: str) -> tuple[int, dict[str, object]]:
+        status, body, _ = await get(http, broker, f"/msi/token?api-version=2019-08-01&resource={resource}", headers=headers)
+        return status, body
+
+    async with broker_factory(**keys) as broker:
+        status, graph = await msi(demo.GRAPH_RESOURCE)
+        assert status == 200, graph
+        status, body = await msi(demo.DEMO_API_RESOURCE)
+        assert status == 200, body
+        seq = last_seq(admin)
+        env = make_settings(emulator, **keys)
+        dropped = dict(env.downstream_apis)
+        dropped.pop("demo")
+        report = broker.runtime.apply_settings(replace(env, downstream_apis=CaseInsensitiveMapping(dropped)))
+        assert report.applied == ("DownstreamApis__demo",)
+        status, body = await msi(demo.DEMO_API_RESOURCE)
+        assert status == 403 and "AllowedResources" in str(body), body
+        status, again = await msi(demo.GRAPH_RESOURCE)
+        assert status == 200 and again["access_token"] == graph["access_token"]
+        # AllowedResources, live too: only the demo API's resource now.
+        report = broker.runtime.apply_settings(
+            make_settings(emulator, **keys, Broker__ManagedIdentityEndpoint__AllowedResources__0=demo.DEMO_API_RESOURCE)
+        )
+        assert report.applied == ("DownstreamApis__demo", "Broker__ManagedIdentityEndpoint__AllowedResources")
+        status, body = await msi(demo.GRAPH_RESOURCE)
+        assert status == 403, body
+        status, body = await msi(demo.DEMO_API_RESOURCE)
+        assert status == 200, body
+        assert requests_since(admin, seq) == []  # the demo API's token was still cached

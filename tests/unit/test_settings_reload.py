@@ -165,7 +165,8 @@ def test_restart_keys_are_the_identity_listeners_and_pools() -> None:
                 "Broker__AllowedAgentUsers", "Broker__AllowedCallers", "Broker__Strict",
                 "Broker__Limits__CacheMissesPerSecond", "Broker__Limits__MaxConcurrentRequests",
                 "Broker__Limits__RequestTimeoutSeconds", "Logging__LogLevel__Default", "AzureAd__Scopes",
-                "Broker__ManagedIdentityEndpoint__DefaultAgentIdentity", "Broker__ConfigWatchSeconds"):  # fmt: skip
+                "Broker__ManagedIdentityEndpoint__DefaultAgentIdentity", "Broker__ConfigWatchSeconds",
+                "Broker__ManagedIdentityEndpoint__AllowedResources", "AzureAd__Domain"):  # fmt: skip
         assert marks[key] is True, key
 
 

@@ -17,7 +17,11 @@ from agent_token_broker.settings import ConfigError, Settings, effective_config,
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="appsettings.json-style configuration file")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="appsettings.json-style configuration file (serve, dev: re-read on SIGHUP and when it changes)",
+    )
     parser.add_argument(
         "--set",
         metavar="KEY=VALUE",

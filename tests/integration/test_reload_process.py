@@ -24,6 +24,7 @@ import requests
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.cache_helpers import last_seq, requests_since
+from tests.integration.test_cli_dev import _env, _start
 from tests.support import free_port
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
@@ -217,3 +218,31 @@ def test_sighup_applies_a_changed_allow_list_keeps_the_cache_and_refuses_a_broke
     assert b.metric("agent_token_broker_config_restart_pending") == 1
     assert b.reloads("restart_required") == 1
     assert b.token(A2) == second
+
+
+def test_dev_reloads_its_config_file_on_sighup(tmp_path: Path) -> None:
+    """``dev --config`` reloads as ``serve`` does (the dev wiring of the emulator stays)."""
+    path = tmp_path / "appsettings.json"
+    write(path, {"Broker": {"AllowedAgentIdentities": [A1, A2], "ConfigWatchSeconds": 0},
+                 "Logging": {"LogLevel": {"Default": "Information"}}})  # fmt: skip
+    dev = _start([*CLI, "dev", "--config", str(path), "--listen", "127.0.0.1:0", "--ops-listen", "off",
+                  "--state-dir", str(tmp_path / "state")], _env())  # fmt: skip
+    try:
+        base = dev.value("broker API")
+        url = f"{base}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={A1}"
+        first = requests.get(url, timeout=20)
+        assert first.status_code == 200, first.text
+        write(path, {"Broker": {"AllowedAgentIdentities": [A2], "ConfigWatchSeconds": 0},
+                     "Logging": {"LogLevel": {"Default": "Information"}}})  # fmt: skip
+        dev.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not any("configuration reload (SIGHUP)" in line for line in dev.stderr):
+            assert dev.proc.poll() is None and time.monotonic() < deadline, "".join(dev.stderr)
+            time.sleep(0.05)
+        line = next(line for line in dev.stderr if "configuration reload (SIGHUP)" in line)
+        assert "applied Broker__AllowedAgentIdentities" in line and "restart" not in line, line
+        refused = requests.get(url, timeout=20)
+        assert refused.status_code == 403, refused.text
+    finally:
+        err = dev.stop()
+    assert dev.proc.returncode == 0, err

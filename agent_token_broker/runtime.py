@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
+from agent_token_broker.audit import AuditTrail
+from agent_token_broker.audit.metrics import register_audit_collector
 from agent_token_broker.backoff import Backoff
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.credentials import build_sources
@@ -49,6 +51,7 @@ class Runtime:
     readiness: Readiness
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
+    audit: AuditTrail | None = None  # the audit trail of token decisions (Broker__Audit__*)
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # What derived state from the settings: told when a reload changes them (see apply_settings).
@@ -159,7 +162,13 @@ class Runtime:
                 observer=SharedCacheMetrics(metrics.registry),
             )
             shared.start()
-        return cls(
+        audit = AuditTrail(settings.audit)
+        audit.start()
+        runtime: Runtime | None = None
+        register_audit_collector(
+            metrics.registry, audit, lambda: runtime.settings.security.callers if runtime is not None else ()
+        )
+        runtime = cls(
             settings=settings,
             legs=legs,
             cache=cache,
@@ -170,8 +179,10 @@ class Runtime:
             metrics=metrics,
             readiness=readiness,
             shared_cache=shared,
+            audit=audit,
             background=[asyncio.get_running_loop().create_task(trust.watch(), name="trust-watch")],
         )
+        return runtime
 
     def readiness_state(self) -> ReadinessState:
         state = self.readiness.state()
@@ -206,6 +217,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.cache.aclose()
+        if self.audit is not None:
+            await self.audit.close()
         if self.shared_cache is not None:
             await self.shared_cache.aclose()
         await self.validator.aclose()

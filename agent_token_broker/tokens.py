@@ -37,6 +37,17 @@ class Flow(StrEnum):
     BLUEPRINT_FMI = "blueprint_fmi"
 
 
+# The kind of token a flow gives, as Broker__Callers__<name>__AllowedFlows and the audit name it.
+FLOW_KINDS: dict[Flow, str] = {
+    Flow.AGENT_APP: "app",
+    Flow.BLUEPRINT_APP: "app",
+    Flow.BLUEPRINT_FMI: "app",
+    Flow.AGENT_OBO: "obo",
+    Flow.BLUEPRINT_OBO: "obo",
+    Flow.AGENT_USER: "agent-user",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
     """One token the API wants. ``user_assertion`` is the inbound user token (OBO flows only)."""

@@ -16,6 +16,7 @@ import logging
 from aiohttp import web
 
 from agent_token_broker.api import policy
+from agent_token_broker.api.caller_context import caller_context
 from agent_token_broker.api.downstream_http import DownstreamResult, build_call, claims_challenge, send
 from agent_token_broker.api.gate import Challenge
 from agent_token_broker.api.params import Family, parse_query_string
@@ -94,7 +95,8 @@ async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
 
     # The call is built (and its options validated) first, so a malformed one costs Entra nothing;
     # the gate then applies the policy (overrides, allow-lists, the token's audience) and acquires.
-    token = await gate.token(route, api, query, bearer=bearer)
+    caller = caller_context(request)
+    token = await gate.token(route, api, query, bearer=bearer, caller=caller)
     used = [token.value]
     result = await attempt(token)
     if result.status == 401:
@@ -103,7 +105,7 @@ async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
             log.info("downstream API '%s' sent a claims challenge; retrying once with a new token", api)
             try:
                 retry_token = await gate.token(
-                    route, api, query, bearer=bearer, challenge=Challenge(claims, token.value)
+                    route, api, query, bearer=bearer, challenge=Challenge(claims, token.value), caller=caller
                 )
             except ProblemError as err:
                 log.warning(

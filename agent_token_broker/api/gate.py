@@ -9,8 +9,12 @@ bearer token). The gate then, always in this order:
    :mod:`agent_token_broker.api.policy` (:func:`decide`, pure: settings in, request or
    refusal out): no-op overrides dropped, ``Sidecar__AllowOverrides__*``, allow-lists of
    agents, agent users, scopes and resources, the token-exchange audience, strict rules;
-3. answers from the cache, or admits the miss through the cache-miss limiter
-   (``Broker__Limits__CacheMiss*``) and acquires.
+3. applies the caller's own policy (``Broker__Callers__*``, :mod:`agent_token_broker.api.caller_policy`)
+   when the route handed it the connection's caller;
+4. answers from the cache, or admits the miss through the cache-miss limiter
+   (``Broker__Limits__CacheMiss*``) and acquires;
+5. records the decision in the audit trail (:mod:`agent_token_broker.audit`): a line per miss,
+   refusal or error, a count per cache hit (docs/audit.md).
 
 Decisions of routes without a bearer token are remembered, keyed on the canonical parsed
 request (so spelling, order and no-op variants share one entry) and bounded in bytes; only
@@ -24,12 +28,18 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from agent_token_broker.api import policy
+from agent_token_broker.api import caller_policy, policy
+from agent_token_broker.api.caller_context import CallerContext
+from agent_token_broker.api.caller_policy import CallerRule, CallerTable
 from agent_token_broker.api.limits import MissLimiter
 from agent_token_broker.api.params import Family, ParsedQuery
 from agent_token_broker.api.policy import Route
 from agent_token_broker.api.problems import ProblemError, retry_after_header
+from agent_token_broker.audit import Outcome, decision_record
+from agent_token_broker.audit.record import hit_key
+from agent_token_broker.cache.engine import LOOKUP
 from agent_token_broker.cache.token import AcquireError, CachedToken
+from agent_token_broker.logs import REQUEST_ID
 from agent_token_broker.runtime import Runtime
 from agent_token_broker.settings import DownstreamApiConfig, Settings
 from agent_token_broker.tokens import Flow, TokenRequest
@@ -65,6 +75,17 @@ class Challenge:
 
     claims: str
     rejected: str
+
+
+class Note:
+    """What one request's trip through the gate decided, for its audit record."""
+
+    __slots__ = ("cache", "decision", "obo_user")
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None
+        self.cache = "none"
+        self.obo_user: str | None = None
 
 
 def scope_for(resource: str) -> str:
@@ -218,33 +239,53 @@ class TokenGate:
     """The choke point (see module docstring); one per API app, so one limiter per broker."""
 
     def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._runtime = runtime
         self._settings = runtime.settings
         self._tokens = runtime.tokens
         self._cache = runtime.cache
         self._validator = runtime.validator
+        self._audit = runtime.audit
+        self._include_upn = runtime.settings.audit.include_upn
         self.misses = MissLimiter(runtime.settings.security.limits, clock=clock)
         self._memo: dict[tuple[Route, str | None, ParsedQuery], Decision] = {}
         self._memo_bytes = 0
+        self._table = caller_policy.compile_table(runtime.settings)
         runtime.on_settings_change(self._settings_changed)
 
     def _settings_changed(self, _old: Settings, new: Settings) -> None:
         """A reload: decide under the new policy from the next request on. Remembered decisions
         were made under the old one (an allow-list, an API's scopes, an override flag may have
-        changed), so they go; the limiter takes the new rates and keeps its buckets."""
+        changed), so they go; the limiter takes the new rates and keeps its buckets; the caller
+        table is compiled anew (connections match their caller against it again)."""
         self._settings = new
         self._memo.clear()
         self._memo_bytes = 0
         self.misses.configure(new.security.limits)
+        self._table = caller_policy.compile_table(new)
 
     @property
     def memo_bytes(self) -> int:
         return self._memo_bytes
+
+    @property
+    def callers(self) -> CallerTable:
+        """The caller table of the settings in force (compiled again by a reload)."""
+        return self._table
 
     def decision(
         self, route: Route, api: str | None, query: ParsedQuery, *, user_assertion: str | None = None
     ) -> Decision:
         req = decide(self._settings, route, api, query, user_assertion=user_assertion)
         return Decision(req, self._tokens.key_for(req))
+
+    def caller_rule(self, caller: CallerContext) -> CallerRule | None:
+        """The entry the connection's caller matches (decided once per connection and table)."""
+        table = self.callers
+        if caller.table is not table:
+            caller.rule = caller_policy.match(table, caller.identity)
+            caller.label = caller_policy.caller_label(caller.rule)
+            caller.table = table
+        return caller.rule
 
     async def token(
         self,
@@ -254,21 +295,100 @@ class TokenGate:
         *,
         bearer: str | None = None,
         challenge: Challenge | None = None,
+        caller: CallerContext | None = None,
     ) -> CachedToken:
-        """The token ``route`` may give for ``query``: policy, then cache or limiter + acquisition."""
+        """The token ``route`` may give for ``query``: policy, caller policy, then cache or limiter +
+        acquisition; the decision is audited."""
+        audit = self._audit
+        if audit is None:
+            return await self._token(route, api, query, bearer, challenge, caller, Note())
+        note = Note()
+        started = time.perf_counter()
+        try:
+            token = await self._token(route, api, query, bearer, challenge, caller, note)
+        except ProblemError as err:
+            ext = err.extensions
+            outcome = Outcome(err.status, err.slug, ext.get("errorCode"), ext.get("correlationId"))
+            self._record(route, api, caller, note, started, outcome, "refused" if err.status < 500 else "error")
+            raise
+        except Exception:
+            self._record(route, api, caller, note, started, Outcome(500, "internal-server-error"), "error")
+            raise
+        if note.cache == "hit" and not audit.every_hit:
+            decision = note.decision
+            assert decision is not None
+            identity = caller.identity if caller is not None else None
+            audit.hit(hit_key(caller.label if caller is not None else caller_policy.OTHER, identity, decision.request, api))
+        else:
+            self._record(route, api, caller, note, started, Outcome(200), "hit" if note.cache == "hit" else "issued")
+        return token
+
+    def _record(
+        self,
+        route: Route,
+        api: str | None,
+        caller: CallerContext | None,
+        note: Note,
+        started: float,
+        outcome: Outcome,
+        kind: str,
+    ) -> None:
+        audit = self._audit
+        assert audit is not None
+        label = caller.label if caller is not None else caller_policy.OTHER
+        record = decision_record(
+            at=time.time(),
+            request_id=REQUEST_ID.get(),
+            trace_id=None,
+            identity=caller.identity if caller is not None else None,
+            caller=label,
+            route=route.path if route is Route.MSI else f"{route.path}/{{api}}",
+            api=api,
+            request=note.decision.request if note.decision is not None else None,
+            obo_user=note.obo_user,
+            cache=note.cache,
+            outcome=outcome,
+            latency=time.perf_counter() - started,
+            include_upn=self._include_upn,
+        )
+        audit.decision(record, label, kind)
+
+    async def _token(
+        self,
+        route: Route,
+        api: str | None,
+        query: ParsedQuery,
+        bearer: str | None,
+        challenge: Challenge | None,
+        caller: CallerContext | None,
+        note: Note,
+    ) -> CachedToken:
+        checked = caller is not None and self.callers.active
+        if checked:
+            assert caller is not None
+            rule = self.caller_rule(caller)
+            caller_policy.check_match(self._table, rule, caller.identity)
         if route.authenticated:
             if bearer is None:
                 raise ProblemError(401, "this route needs a bearer token", slug="missing-token")
             claims = await validated_claims(self._validator, bearer)
             policy.check_caller_token(self._settings, claims)
-            return await self.obtain(self.decision(route, api, query, user_assertion=bearer), challenge)
+            oid = claims.get("oid")
+            note.obo_user = oid if isinstance(oid, str) else None
+            decision = self.decision(route, api, query, user_assertion=bearer)
+            note.decision = decision
+            if checked:
+                caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)  # type: ignore[union-attr]
+            return await self.obtain(decision, challenge, note)
         memo_key = (route, api.lower() if api is not None else None, query)
-        decision = self._memo.get(memo_key)
-        if decision is not None:
-            return await self.obtain(decision, challenge)
-        decision = self.decision(route, api, query)
-        token = await self.obtain(decision, challenge)
-        self._remember(memo_key, decision)
+        remembered = self._memo.get(memo_key)
+        decision = remembered if remembered is not None else self.decision(route, api, query)
+        note.decision = decision
+        if checked:
+            caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)  # type: ignore[union-attr]
+        token = await self.obtain(decision, challenge, note)
+        if remembered is None:
+            self._remember(memo_key, decision)
         return token
 
     def _remember(self, memo_key: tuple[Route, str | None, ParsedQuery], decision: Decision) -> None:
@@ -280,25 +400,36 @@ class TokenGate:
             self._memo[memo_key] = decision
             self._memo_bytes += size
 
-    async def obtain(self, decision: Decision, challenge: Challenge | None = None) -> CachedToken:
+    async def obtain(
+        self, decision: Decision, challenge: Challenge | None = None, note: Note | None = None
+    ) -> CachedToken:
         """Cache hit, or one admitted miss (``Broker__Limits__CacheMiss*``) and the acquisition."""
         req, key = decision.request, decision.key
         if challenge is None:
             if decision.plain:
                 token = self._cache.peek(key)
                 if token is not None:
+                    if note is not None:
+                        note.cache = "hit"
                     return token
         else:
             current = self._cache.peek(key)
             if current is not None and current.value != challenge.rejected:
+                if note is not None:
+                    note.cache = "hit"
                 return current  # a concurrent challenge already replaced the rejected token
             self._cache.evict(key)
             req = dataclasses.replace(req, claims=challenge.claims, force_refresh=False)
         # Charged once per key per few seconds: concurrent misses of a key join one acquisition,
         # and forced refreshes of a key are collapsed by Broker__Cache__ForceRefreshMinIntervalSeconds.
         self.misses.admit(req.agent or BLUEPRINT_BUCKET, key)
+        LOOKUP.set(None)
         try:
             return await self._tokens.get(req)
         except AcquireError as err:
             raise acquire_problem(err) from None
-
+        finally:
+            if note is not None:
+                result = LOOKUP.get() or "none"
+                forced = req.force_refresh or req.claims is not None
+                note.cache = "refresh" if forced and result == "miss" else result

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from agent_token_broker.api.caller_context import caller_context
 from agent_token_broker.api.middleware import note_refusal
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
@@ -160,7 +161,7 @@ async def msi_token(request: web.Request) -> web.Response:
         return _error(401, "unauthorized_client", f"the {IDENTITY_HEADER} header is missing or wrong")
     try:
         query = parse_query_string(request.rel_url.raw_query_string, Family.MSI)
-        token = await request.app[GATE].token(Route.MSI, None, query)
+        token = await request.app[GATE].token(Route.MSI, None, query, caller=caller_context(request))
     except ProblemError as err:
         note_refusal(request, err)
         return _mi_error(err)

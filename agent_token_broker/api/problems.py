@@ -58,6 +58,7 @@ PROBLEM_TITLES = {
     "host-not-allowed": "Host header not allowed",
     "insufficient-scope": "bearer token lacks a required scope or role",
     "agent-not-allowed": "agent identity not allowed",
+    "caller-not-allowed": "caller not allowed",
     "agent-user-not-allowed": "agent user not allowed",
     "scope-not-allowed": "scope not allowed",
     "exchange-audience": "token-exchange audience refused",

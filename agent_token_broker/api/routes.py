@@ -12,6 +12,7 @@ import json
 from aiohttp import web
 
 from agent_token_broker.api import policy
+from agent_token_broker.api.caller_context import caller_context
 from agent_token_broker.api.gate import validated_claims
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
@@ -51,7 +52,7 @@ async def authorization_header(request: web.Request) -> web.Response:
     """``GET /AuthorizationHeader/{api}``: needs a validated inbound user token."""
     query = parse_query_string(request.rel_url.raw_query_string, Family.HEADER)
     token = await request.app[GATE].token(
-        Route.HEADER, request.match_info["api"], query, bearer=bearer_token(request)
+        Route.HEADER, request.match_info["api"], query, bearer=bearer_token(request), caller=caller_context(request)
     )
     return token_response(token)
 
@@ -59,7 +60,9 @@ async def authorization_header(request: web.Request) -> web.Response:
 async def authorization_header_unauthenticated(request: web.Request) -> web.Response:
     """``GET /AuthorizationHeaderUnauthenticated/{api}``: app or agent-user tokens, no inbound token."""
     query = parse_query_string(request.rel_url.raw_query_string, Family.HEADER)
-    token = await request.app[GATE].token(Route.HEADER_UNAUTH, request.match_info["api"], query)
+    token = await request.app[GATE].token(
+        Route.HEADER_UNAUTH, request.match_info["api"], query, caller=caller_context(request)
+    )
     return token_response(token)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from contextvars import ContextVar
 
 from agent_token_broker.cache.entry import KeyEntry, KeyState
 from agent_token_broker.cache.observer import CacheObserver, NullObserver
@@ -24,10 +25,14 @@ from agent_token_broker.cache.policy import (
 from agent_token_broker.cache.store import KeyStore
 from agent_token_broker.cache.token import AcquireError, CachedToken
 
-__all__ = ["TokenCache"]
+__all__ = ["LOOKUP", "TokenCache"]
 
 Acquire = Callable[[], Awaitable[CachedToken]]
 _EMPTY: frozenset[str] = frozenset()
+# The result of the calling task's last ``get()`` ("hit", "miss", "coalesced", "stale", "negative"),
+# for the audit trail. Acquisitions run in tasks of their own, so their lookups (an agent's T1)
+# never overwrite the result of the request that awaits them.
+LOOKUP: ContextVar[str | None] = ContextVar("cache_lookup", default=None)
 
 
 class TokenCache:
@@ -82,6 +87,11 @@ class TokenCache:
             self._lookup("hit")
             return token
         return None
+
+    def _note(self, result: str) -> None:
+        """Count a ``get()`` lookup and note its result for the calling task (:data:`LOOKUP`)."""
+        LOOKUP.set(result)
+        self._lookup(result)
 
     def current(self, key: Hashable) -> CachedToken | None:
         """The token held for ``key``, servable or not; no side effects (for a shared L2's checks)."""
@@ -141,12 +151,12 @@ class TokenCache:
             if forced_at is None or now - forced_at >= self._policy.force_refresh_min_interval_seconds:
                 return await self._forced(entry, now, acquire if isolated else None)
             if entry.inflight is not None:  # rate-limited: share the refresh already running
-                self._lookup("coalesced")
+                self._note("coalesced")
                 return await asyncio.shield(entry.inflight)
         token = entry.token
         if token is not None and now < entry.fresh_until:
             entry.used = True
-            self._lookup("hit")
+            self._note("hit")
             return token
         return await self._slow_get(entry, now)
 
@@ -187,9 +197,9 @@ class TokenCache:
         task = entry.inflight
         if task is None:
             task = self._start(entry, isolated)
-            self._lookup("miss")
+            self._note("miss")
         else:
-            self._lookup("coalesced")
+            self._note("coalesced")
         return await asyncio.shield(task)
 
     async def _slow_get(self, entry: KeyEntry, now: float) -> CachedToken:
@@ -202,7 +212,7 @@ class TokenCache:
             # Valid but below min_remaining: never wait on a failing upstream.
             entry.used = True
             if entry.state is KeyState.FAILING:
-                self._lookup("stale")
+                self._note("stale")
                 return token
             task = entry.inflight
             label = "coalesced"
@@ -213,27 +223,27 @@ class TokenCache:
                 async with asyncio.timeout(self._policy.stale_wait_seconds):
                     new = await asyncio.shield(task)
             except TimeoutError:
-                self._lookup("stale")
+                self._note("stale")
                 return token
             except AcquireError as err:
                 if err.transient:
-                    self._lookup("stale")
+                    self._note("stale")
                     return token
-                self._lookup(label)
+                self._note(label)
                 raise
-            self._lookup(label)
+            self._note(label)
             return new
         # Nothing servable.
         failure = entry.failure
         if failure is not None and now < failure.until:
-            self._lookup("negative")
+            self._note("negative")
             raise failure.error.with_retry_after(failure.until - now)
         task = entry.inflight
         if task is None:
             task = self._start(entry)
-            self._lookup("miss")
+            self._note("miss")
         else:
-            self._lookup("coalesced")
+            self._note("coalesced")
         return await asyncio.shield(task)
 
     def _start(self, entry: KeyEntry, isolated: Acquire | None = None) -> asyncio.Task[CachedToken]:

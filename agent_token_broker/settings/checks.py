@@ -51,6 +51,11 @@ api_name = matching(
     r"^(?!\.\.?$)[A-Za-z0-9._~-]+$",
     "an API name is a URL path segment: use letters, digits, '-', '_', '.' or '~' (no spaces or slashes)",
 )
+# A Broker__Callers name labels metrics and audit lines: a short identifier.
+caller_name = matching(
+    r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+    "a caller name is 1-63 letters, digits, '-' or '_' (it labels metrics and audit lines), got {text!r}",
+)
 
 
 def header_value(text: str) -> str:

@@ -19,6 +19,7 @@ from agent_token_broker.settings.broker_section import (
     RedisCacheConfig,
     UpstreamConfig,
 )
+from agent_token_broker.settings.callers import AuditConfig, TracingConfig
 from agent_token_broker.settings.listen import (
     DEFAULT_LISTEN,
     DEFAULT_OPS_LISTEN,
@@ -185,6 +186,8 @@ class Settings:
     upstream: UpstreamConfig = setting("Broker__Upstream", UpstreamConfig)
     downstream: DownstreamCallConfig = setting("Broker__Downstream", DownstreamCallConfig, live=True)
     managed_identity_endpoint: ManagedIdentityEndpointConfig = setting("Broker__ManagedIdentityEndpoint", ManagedIdentityEndpointConfig)
+    audit: AuditConfig = setting("Broker__Audit", AuditConfig)
+    tracing: TracingConfig = setting("Broker__Tracing", TracingConfig)
     log_level: str = setting("Logging__LogLevel__Default", "INFO", parse=checks.log_level, live=True, default_doc="`Information`", values_doc="level", doc="`Trace`, `Debug`, `Information`, `Warning`, `Error`, `Critical` or `None` (nothing), or Python's names.")
     warnings: tuple[str, ...] = ()
 
@@ -199,6 +202,10 @@ class Settings:
         for i, address in enumerate(v.listen):
             if any(address.collides(other) for other in v.listen[:i]):
                 v.problems.error(origin, f"{address} is given twice")
+        for name, caller in v.security.callers.items() if v.security is not None else ():
+            unknown = [api for api in caller.allowed_apis or () if api not in v.downstream_apis]
+            if unknown:
+                v.problems.error(f"Broker__Callers__{name}__AllowedApis", f"{', '.join(unknown)}: not a configured DownstreamApis name")
         if v.ops_listen is not None and any(v.ops_listen.collides(a) for a in v.listen):
             v.error("ops_listen", f"{v.ops_listen} collides with the API listener ({origin}); use another port")
 

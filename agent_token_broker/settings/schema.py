@@ -132,6 +132,7 @@ class Key:
     # broker (True) or it needs a restart (False); None: as the enclosing section, and at the top
     # level "restart". See settings/changes.py.
     live: bool | None = None
+    reserved: tuple[str, ...] = ()  # of named entries: names that are sibling keys, not entries
 
 
 def setting(name: str, default: Any = MISSING, doc: str = "", **options: Any) -> Any:
@@ -308,7 +309,10 @@ def _entries(key: Key, shape: str, tp: Any, node: Node, problems: Problems) -> A
     if node.value and not node.children:
         problems.error(node.path, "must be " + ("an object of named entries" if shape == "named" else "an array"))
     built = []
+    reserved = {name.lower() for name in key.reserved}
     for entry in node.children.values() if shape == "named" else indexed(node, problems):
+        if shape == "named" and entry.name.lower() in reserved:
+            continue  # a sibling key declared beside the entries (Broker__Callers__RequireMatch)
         if shape == "named" and key.parse is not None:
             _convert(key, str, entry.name, entry.path, problems)
         ident = {"name": entry.name} if shape == "named" else {"index": int(entry.name)}

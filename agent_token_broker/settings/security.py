@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_token_broker.settings import checks
+from agent_token_broker.settings.callers import RESERVED_CALLER_NAMES, CallerConfig
 from agent_token_broker.settings.checks import IPNetwork
-from agent_token_broker.settings.schema import setting
+from agent_token_broker.settings.schema import CaseInsensitiveMapping, Draft, setting
 
 DEFAULT_REQUIRED_HEADER = "X-Token-Broker-Request"
 DEFAULT_UNIX_SOCKET_MODE = 0o660
@@ -57,6 +59,20 @@ class SecurityConfig:
     required_roles: tuple[str, ...] = setting("RequiredRoles", (), doc="The inbound token on `/AuthorizationHeader` must carry all these roles, 403 otherwise.")
     unix_socket_mode: int = setting("UnixSocketMode", DEFAULT_UNIX_SOCKET_MODE, parse=checks.socket_mode, live=False, show=lambda m: f"0{m:o}", default_doc="`0660`", values_doc="octal ≤ `0770`", doc="File mode of Unix-socket listeners.")
     limits: LimitsConfig = setting("Limits", LimitsConfig)
+    callers: Mapping[str, CallerConfig] = setting("Callers", CaseInsensitiveMapping(), parse=checks.caller_name, reserved=RESERVED_CALLER_NAMES)
+    callers_require_match: bool = setting("Callers__RequireMatch", False, default_doc="`true` in strict mode when a caller is configured, else `false`", doc="Refuse (403, naming the uid) token requests from callers no `Callers` entry matches; otherwise they get the global policy ([callers.md](callers.md)).")
+
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        if not v.given("callers_require_match"):
+            strict = v.problems.values.get("broker__strict", False)
+            v.set("callers_require_match", bool(strict and v.callers))
+        seen: dict[tuple[int | None, int | None], str] = {}
+        for name, caller in v.callers.items():
+            ids = (caller.uid, caller.gid)
+            if ids in seen:
+                v.problems.error(f"Broker__Callers__{name}", f"matches the same uid/gid as Broker__Callers__{seen[ids]}")
+            seen.setdefault(ids, name)
 
 
 __all__ = ["IPNetwork", "LimitsConfig", "RequireHeaderConfig", "SecurityConfig"]

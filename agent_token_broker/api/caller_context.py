@@ -1,0 +1,47 @@
+"""The caller of a request, decided once per connection.
+
+:func:`caller_context` finds the connection's :class:`CallerContext` (made on its first token
+request: ``SO_PEERCRED`` or the socket-table lookup of :mod:`agent_token_broker.callers`), so
+later requests on a kept-alive connection pay a dict lookup, never a kernel query. The context
+also remembers which ``Broker__Callers`` entry the caller matched, per compiled caller table
+(a reload compiles a new table, so the match is decided again).
+
+This is the one place that ties a caller to the request layer: a request layer that keeps its
+own per-connection object can hold the :class:`CallerContext` there instead.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from agent_token_broker.api.caller_policy import OTHER, CallerRule, CallerTable
+from agent_token_broker.callers import CallerIdentity
+from agent_token_broker.callers.identity import identify_transport
+
+
+class CallerContext:
+    """One connection's caller: its identity and the entry it matched in ``table``."""
+
+    __slots__ = ("__weakref__", "identity", "label", "rule", "table")
+
+    def __init__(self, identity: CallerIdentity) -> None:
+        self.identity = identity
+        self.rule: CallerRule | None = None
+        self.table: CallerTable | None = None
+        self.label = OTHER
+
+
+# Transport -> context; an entry goes with its connection (uvloop and asyncio transports are weakly referenceable).
+_BY_TRANSPORT: weakref.WeakKeyDictionary[Any, CallerContext] = weakref.WeakKeyDictionary()
+
+
+def caller_context(request: Any) -> CallerContext | None:
+    """The caller of ``request``'s connection (None when the connection is gone)."""
+    transport = request.transport
+    if transport is None:
+        return None
+    context = _BY_TRANSPORT.get(transport)
+    if context is None:
+        context = _BY_TRANSPORT[transport] = CallerContext(identify_transport(transport))
+    return context

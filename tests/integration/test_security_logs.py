@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -49,7 +50,11 @@ def debug_logs() -> Iterator[_Capture]:
 
 
 async def test_no_secret_material_in_debug_logs_for_any_flow(
-    broker_factory: BrokerFactory, http: aiohttp.ClientSession, admin: EmulatorAdmin, debug_logs: _Capture
+    broker_factory: BrokerFactory,
+    http: aiohttp.ClientSession,
+    admin: EmulatorAdmin,
+    debug_logs: _Capture,
+    tmp_path: Path,
 ) -> None:
     user = admin.user_token(demo.DEMO_USER_UPN)
     secrets: list[str] = [demo.BLUEPRINT_SECRET, user]
@@ -67,7 +72,10 @@ async def test_no_secret_material_in_debug_logs_for_any_flow(
         (f"{unauth}?AgentIdentity=0badc0de-0000-4000-8000-000000000000", None),
         (f"/AuthorizationHeader/graph?AgentIdentity={A1}", user[:-6] + "AAAAAA"),
     ]
-    async with broker_factory(Logging__LogLevel__Default="Debug") as broker:
+    audit_file = tmp_path / "audit.jsonl"
+    # the audit trail too: every decision, hits one line each
+    audit = {"Broker__Audit__File": str(audit_file), "Broker__Audit__Hits": "every", "Broker__Audit__IncludeUpn": "true"}
+    async with broker_factory(Logging__LogLevel__Default="Debug", **audit) as broker:
         bodies: list[str] = []
         for path, token in flows:
             _status, body, _ = await get(http, broker, path, token=token)
@@ -83,7 +91,9 @@ async def test_no_secret_material_in_debug_logs_for_any_flow(
             metrics = await resp.text()
     issued = len(secrets) - 2
     assert issued >= 6, "the flows should have issued tokens"
-    logs = "\n".join(debug_logs.lines)
+    audit_lines = audit_file.read_text(encoding="utf-8").splitlines()
+    assert len(audit_lines) >= len(flows), "every token decision is audited"
+    logs = "\n".join(debug_logs.lines + audit_lines)
     assert len(debug_logs.lines) > 20, "DEBUG capture did not work"
     for secret in secrets:
         assert secret not in logs

@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TextIO
 
@@ -48,6 +49,16 @@ EXTRA_FIELDS = (
     "duration_ms",
     "frames",
 )
+# ``(trace_id, span_id)`` of the current span when tracing is on (set by the runtime); None: off.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(hook: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Where log lines get their ``trace_id``/``span_id`` (None: tracing is off)."""
+    global _trace_ids
+    _trace_ids = hook
+
+
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
@@ -78,6 +89,11 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = redact(value) if isinstance(value, str) else value
+        hook = _trace_ids
+        if hook is not None and "trace_id" not in entry:
+            ids = hook()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
         return json.dumps(entry)

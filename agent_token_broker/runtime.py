@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
+from agent_token_broker import logs, tracing
 from agent_token_broker.audit import AuditTrail
 from agent_token_broker.audit.metrics import register_audit_collector
 from agent_token_broker.backoff import Backoff
@@ -27,6 +28,7 @@ from agent_token_broker.reload import APPLIED, RESTART_REQUIRED, UNCHANGED, Relo
 from agent_token_broker.settings import DownstreamApiConfig, Settings
 from agent_token_broker.settings.changes import changes, in_force
 from agent_token_broker.tokens import TokenService
+from agent_token_broker.tracing import Tracer
 from agent_token_broker.trust import TrustStore
 from agent_token_broker.validation import InboundValidator
 
@@ -52,6 +54,7 @@ class Runtime:
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     shared_cache: SharedTokenCache | None = None  # optional Redis L2 (Broker__Cache__Redis__*)
     audit: AuditTrail | None = None  # the audit trail of token decisions (Broker__Audit__*)
+    tracer: Tracer | None = None  # OpenTelemetry, when Broker__Tracing__Enabled (agent_token_broker.tracing)
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # What derived state from the settings: told when a reload changes them (see apply_settings).
@@ -103,8 +106,14 @@ class Runtime:
         return self.settings.downstream_apis.get(name)
 
     @classmethod
-    async def create(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
-        """Build every part. :raises ConfigError: e.g. a trust variable names a missing CA bundle."""
+    async def create(
+        cls, settings: Settings, env: Mapping[str, str] | None = None, *, tracer: Tracer | None = None
+    ) -> Runtime:
+        """Build every part. :raises ConfigError: e.g. a trust variable names a missing CA bundle, or
+        tracing is on without the otel extra. ``tracer``: use this one instead of the one the
+        settings and ``OTEL_*`` variables describe (tests)."""
+        if tracer is None:
+            tracer = tracing.start(settings)
         ad = settings.azure_ad
         up = settings.upstream
         trust = TrustStore(env)
@@ -128,6 +137,8 @@ class Runtime:
         metrics = BrokerMetrics()
         monitor = UpstreamMonitor(metrics)
         legs.observer = monitor
+        legs.tracer = tracer
+        logs.set_trace_ids(tracing.trace_ids_hook(tracer))
         cache = TokenCache(settings.cache, observer=metrics)
         outbound = OutboundSessions(
             trust,
@@ -180,6 +191,7 @@ class Runtime:
             readiness=readiness,
             shared_cache=shared,
             audit=audit,
+            tracer=tracer,
             background=[asyncio.get_running_loop().create_task(trust.watch(), name="trust-watch")],
         )
         return runtime
@@ -224,6 +236,9 @@ class Runtime:
         await self.validator.aclose()
         await self.outbound.close()
         self.legs.close()
+        if self.tracer is not None:
+            logs.set_trace_ids(None)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
 
 
 async def authority_answers(

@@ -18,6 +18,7 @@ from agent_token_broker.listeners import BoundListener, ConnectionGuard, Connect
 from agent_token_broker.reload import ConfigReloader, ConfigSources, Signature
 from agent_token_broker.runtime import Runtime
 from agent_token_broker.settings import Settings
+from agent_token_broker.tracing import Tracer
 
 log = logging.getLogger("agent_token_broker")
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -69,7 +70,9 @@ def _protocol_factory(runner: web.BaseRunner) -> web.Server:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, wait_ready: float | None = None) -> AsyncIterator[RunningBroker]:
+async def running(
+    settings: Settings, *, wait_ready: float | None = None, tracer: Tracer | None = None
+) -> AsyncIterator[RunningBroker]:
     """Start the broker in the current event loop; stop it (gracefully) on exit.
 
     :raises BindError: a listener cannot be opened (the message names the key and the address).
@@ -84,7 +87,7 @@ async def running(settings: Settings, *, wait_ready: float | None = None) -> Asy
     runtime: Runtime | None = None
     warm: asyncio.Task[None] | None = None
     try:
-        runtime = await Runtime.create(settings)
+        runtime = await Runtime.create(settings, tracer=tracer)
         warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
         api_runner = ProblemAppRunner(
             create_api_app(runtime), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **guards["api"].server_kwargs()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests import scenarios_flows, scenarios_hot
+from loadtests import scenarios_callers, scenarios_flows, scenarios_hot
 from loadtests.context import Ctx, Options
 from loadtests.report import RESULTS, machine_info, write_results
 from loadtests.wrk import ensure_tool
@@ -33,6 +33,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scenarios_hot.scale,
     "outage": scenarios_flows.outage,
     "soak": scenarios_flows.soak,
+    "callers": scenarios_callers.callers,
 }
 SMOKE = ("hot", "mixed", "stampede", "outage")
 

@@ -26,7 +26,7 @@ API_MAX_BODY = 64 * 1024
 def create_api_app(runtime: Runtime) -> web.Application:
     """The token API, with Microsoft's sidecar's routes."""
     app = web.Application(
-        middlewares=[observe_middleware(runtime.metrics), errors_middleware, guard_middleware],
+        middlewares=[observe_middleware(runtime.metrics, runtime.tracer), errors_middleware, guard_middleware],
         client_max_size=API_MAX_BODY,
     )
     app[RUNTIME] = runtime

@@ -91,6 +91,7 @@ async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
             connect_seconds=runtime.settings.upstream.connect_timeout_seconds,
             max_bytes=limits.max_response_bytes,
             allow_redirects=runtime.settings.sidecar.allow_outbound_redirects,
+            tracer=runtime.tracer,
         )
 
     # The call is built (and its options validated) first, so a malformed one costs Entra nothing;

@@ -13,7 +13,9 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote
 
 import aiohttp
@@ -25,6 +27,9 @@ from agent_token_broker.api.redirects import REDIRECT_STATUSES, Hop, RedirectRef
 from agent_token_broker.jsonlimits import loads_bounded
 from agent_token_broker.settings import DownstreamApiConfig
 from agent_token_broker.settings.checks import HTTP_METHODS
+
+if TYPE_CHECKING:
+    from agent_token_broker.tracing import Tracer
 
 MAX_PATH_LENGTH = 2048
 MAX_CLAIMS_LENGTH = 8192
@@ -296,6 +301,7 @@ async def send(
     connect_seconds: float,
     max_bytes: int,
     allow_redirects: bool,
+    tracer: Tracer | None = None,
 ) -> DownstreamResult:
     """One attempt (with its redirects, when allowed: see :mod:`agent_token_broker.api.redirects`).
 
@@ -309,18 +315,25 @@ async def send(
                 headers = dict(hop.headers)
                 if hop.with_token:
                     headers["Authorization"] = authorization
-                async with session.request(
-                    hop.method,
-                    hop.url,
-                    headers=headers,
-                    data=hop.body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None, connect=connect_seconds),
-                ) as resp:
-                    location = resp.headers.get("Location")
-                    if not (allow_redirects and resp.status in REDIRECT_STATUSES and location):
-                        return await _read(resp, max_bytes)
-                    hop = next_hop(hop, resp.status, location)
+                with tracer.client(f"downstream {hop.method}") if tracer is not None else nullcontext() as span:
+                    if span is not None and tracer is not None:
+                        span.set("http.request.method", hop.method)
+                        span.set("server.address", hop.url.host or "")
+                        tracer.inject(headers)  # traceparent: the API continues the trace
+                    async with session.request(
+                        hop.method,
+                        hop.url,
+                        headers=headers,
+                        data=hop.body,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=None, connect=connect_seconds),
+                    ) as resp:
+                        if span is not None:
+                            span.set("http.response.status_code", resp.status)
+                        location = resp.headers.get("Location")
+                        if not (allow_redirects and resp.status in REDIRECT_STATUSES and location):
+                            return await _read(resp, max_bytes)
+                        hop = next_hop(hop, resp.status, location)
     except TimeoutError:
         raise ProblemError(
             504, f"the downstream API did not answer within {total_seconds:g} s", slug="downstream-timeout"

@@ -315,13 +315,19 @@ class TokenGate:
             self._record(route, api, caller, note, started, Outcome(500, "internal-server-error"), "error")
             raise
         if note.cache == "hit" and not audit.every_hit:
-            decision = note.decision
-            assert decision is not None
-            identity = caller.identity if caller is not None else None
-            audit.hit(hit_key(caller.label if caller is not None else caller_policy.OTHER, identity, decision.request, api))
+            if audit.counting:
+                decision = note.decision
+                assert decision is not None
+                label = caller.label if caller is not None else caller_policy.OTHER
+                audit.hit(hit_key(label, caller.identity if caller is not None else None, decision.request, api))
         else:
             self._record(route, api, caller, note, started, Outcome(200), "hit" if note.cache == "hit" else "issued")
         return token
+
+    def _trace_id(self) -> str | None:
+        tracer = self._runtime.tracer
+        ids = tracer.ids() if tracer is not None else None
+        return ids[0] if ids is not None else None
 
     def _record(
         self,
@@ -339,7 +345,7 @@ class TokenGate:
         record = decision_record(
             at=time.time(),
             request_id=REQUEST_ID.get(),
-            trace_id=None,
+            trace_id=self._trace_id(),
             identity=caller.identity if caller is not None else None,
             caller=label,
             route=route.path if route is Route.MSI else f"{route.path}/{{api}}",

@@ -19,12 +19,16 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from agent_token_broker.logs import REQUEST_ID
 from agent_token_broker.metrics import UNMATCHED, BrokerMetrics
+
+if TYPE_CHECKING:
+    from agent_token_broker.tracing import Tracer
 
 log = logging.getLogger("agent_token_broker.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,8 +57,9 @@ def bind_routes(app: web.Application, metrics: BrokerMetrics) -> None:
         metrics.route(resource.canonical)
 
 
-def observe_middleware(metrics: BrokerMetrics) -> Middleware:
-    """The outermost API middleware (it sees the final status of every answer)."""
+def observe_middleware(metrics: BrokerMetrics, tracer: Tracer | None = None) -> Middleware:
+    """The outermost API middleware (it sees the final status of every answer); with ``tracer``, each
+    request is also a server span continuing the caller's ``traceparent``."""
     route_children = metrics.route
     unmatched = metrics.route(UNMATCHED)
     perf = time.perf_counter
@@ -97,4 +102,24 @@ def observe_middleware(metrics: BrokerMetrics) -> Middleware:
                 )
             REQUEST_ID.reset(context_token)
 
-    return observe
+    if tracer is None:
+        return observe
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        with tracer.server(f"{request.method} {route}", request.headers) as span:
+            span.set("http.request.method", request.method)
+            span.set("http.route", route)
+            try:
+                response = await observe(request, handler)
+            except web.HTTPException as exc:
+                span.set("http.response.status_code", exc.status)
+                raise
+            span.set("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.fail(f"HTTP {response.status}")
+            return response
+
+    return traced

@@ -72,6 +72,7 @@ class AuditTrail:
         # Totals per (caller label, outcome) for metrics; hits are added when a window closes.
         self.totals: dict[tuple[str, str], int] = {}
         self.every_hit = config.enabled and config.hits == "every"
+        self.counting = config.enabled  # off: hits are neither written nor counted
         self.logger = logging.Logger(LOGGER_NAME, logging.INFO)  # the trail's own, not the root's
         self.logger.propagate = False
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_LINES)

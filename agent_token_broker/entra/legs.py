@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent_token_broker.cache.observer import NullObserver
 from agent_token_broker.cache.token import AcquireError, CachedToken
@@ -26,6 +26,9 @@ from agent_token_broker.entra import errors
 from agent_token_broker.entra.apps import AppRegistry
 from agent_token_broker.entra.revocation import LegParties, Revocation, agent_tag, blueprint_tag
 from agent_token_broker.msal_http import UpstreamHttp, call_state
+
+if TYPE_CHECKING:
+    from agent_token_broker.tracing import Tracer
 
 __all__ = ["EXCHANGE_SCOPE", "EntraLegs", "UpstreamObserver", "agent_tag", "blueprint_tag"]
 
@@ -41,6 +44,28 @@ class UpstreamObserver(Protocol):
     def upstream_finished(self, leg: str, error: AcquireError | None, seconds: float) -> None: ...
 
     def identity_revoked(self, leg: str, revocation: Revocation) -> None: ...
+
+
+def _traced(tracer: Tracer, leg: str, work: Callable[[], CachedToken]) -> Callable[[], CachedToken]:
+    """``work`` inside a client span ``entra <leg>``: Entra's error code, correlation id and HTTP
+    status as attributes when it refuses (never a token or an assertion)."""
+
+    def traced() -> CachedToken:
+        with tracer.client(f"entra {leg}") as span:
+            span.set("entra.leg", leg)
+            try:
+                return work()
+            except AcquireError as err:
+                if err.error_code:
+                    span.set("entra.error_code", err.error_code)
+                if err.correlation_id:
+                    span.set("entra.correlation_id", err.correlation_id)
+                if err.status is not None:
+                    span.set("http.response.status_code", err.status)
+                span.fail(err.error_code or ("transient" if err.transient else "refused"))
+                raise
+
+    return traced
 
 
 @functools.lru_cache(maxsize=1024)
@@ -105,6 +130,7 @@ class EntraLegs:
         self.credential_ok = False
         self.authority_ok = False
         self.observer: UpstreamObserver = NullObserver()
+        self.tracer: Tracer | None = None  # client spans per leg when tracing is on
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -153,8 +179,12 @@ class EntraLegs:
             finally:
                 observer.upstream_finished(leg, failure, time.perf_counter() - started)
 
+        tracer = self.tracer
+        if tracer is not None:
+            work = _traced(tracer, leg, work)
         loop = asyncio.get_running_loop()
-        # Run in a copy of the caller's context so logs in the worker carry the request id.
+        # Run in a copy of the caller's context so logs in the worker carry the request id (and
+        # the worker's span, when tracing, is a child of the request's).
         return await loop.run_in_executor(self._pool, contextvars.copy_context().run, work)
 
     def _warm_up_sync(self) -> str | None:

@@ -3,6 +3,7 @@ may get, and what is recorded about it (docs/callers.md, docs/audit.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from agent_token_broker.settings import checks
@@ -67,3 +68,22 @@ class TracingConfig:
     """``Broker__Tracing__*``: OpenTelemetry traces (the `otel` extra); exporter from `OTEL_*` variables."""
 
     enabled: bool = setting("Enabled", False, doc="Trace requests with OpenTelemetry (needs the `otel` extra): a server span per request continuing the caller's `traceparent`, client spans per Entra leg and downstream call, exported over OTLP as the standard `OTEL_*` variables say ([audit.md](audit.md#traces)).")
+
+    @classmethod
+    def settle(cls, v: Draft) -> None:
+        if v.enabled and otel_missing():
+            v.error("enabled", OTEL_MISSING)
+
+
+OTEL_MISSING = (
+    "tracing needs OpenTelemetry, which is not installed: pip install 'agent-token-broker[otel]'"
+    " (container image: --build-arg EXTRAS=otel)"
+)
+
+
+def otel_missing() -> bool:
+    """Whether the ``otel`` extra is missing (found without importing OpenTelemetry)."""
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk.trace") is None
+    except (ImportError, ValueError):
+        return True

@@ -121,6 +121,8 @@ def test_runtime_wheel_ships_the_license_and_metadata_and_no_emulator(runtime_wh
     requires = fields["Requires-Dist"]
     assert 'redis>=5; extra == "redis"' in requires, requires
     assert not [r for r in requires if r.startswith("redis") and "extra" not in r], "redis must be optional"
+    otel = [r for r in requires if r.startswith("opentelemetry")]
+    assert len(otel) == 3 and all('extra == "otel"' in r for r in otel), "OpenTelemetry must be optional"
     assert {"agent_token_broker/__main__.py", "agent_token_broker/healthcheck.py"} <= set(names)
     assert not [n for n in names if n.startswith(("entra_emulator/", "tests/"))]
 
@@ -207,3 +209,21 @@ def test_broker_runs_without_the_redis_client_unless_the_shared_cache_is_configu
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert imports.returncode == 0, imports.stderr
+
+
+def test_tracing_without_opentelemetry_is_one_config_error_and_off_needs_none() -> None:
+    code = "import sys; sys.modules['opentelemetry'] = None\nfrom agent_token_broker.cli import main\nraise SystemExit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith(("azuread__", "broker__"))}
+    for enabled, rc in (("false", 0), ("true", 2)):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "check-config"],
+            env={**env, **_CONFIG, "Broker__Tracing__Enabled": enabled},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == rc, proc.stderr
+        if rc:
+            assert proc.stderr.splitlines() == [
+                "config error: Broker__Tracing__Enabled: tracing needs OpenTelemetry, which is not installed:"
+                " pip install 'agent-token-broker[otel]' (container image: --build-arg EXTRAS=otel)"
+            ], proc.stderr
+

@@ -167,7 +167,7 @@ def test_image_size_and_what_it_is_made_of(built_image: BuiltImage, pod: Pod) ->
     REPORT.append("site-packages by distribution: " + ", ".join(f"{n} {s / 1e6:.1f} MB" for n, s in top))
     # What the runtime needs and nothing else (see docs/deploy.md).
     assert set(parts["distributions"]) >= {"agent-token-broker", "aiohttp", "msal", "cryptography"}
-    assert not set(parts["distributions"]) & {"redis", "pip", "setuptools", "wheel", "pytest"}
+    assert not set(parts["distributions"]) & {"redis", "pip", "setuptools", "wheel", "pytest", "opentelemetry-sdk"}
 
 
 # Sizes of the installed distributions (files listed in their RECORD), run inside the image.
@@ -265,7 +265,8 @@ def test_holds_no_compiler_pip_tests_emulator_or_redis_client(pod: Pod) -> None:
     probe = (
         "import importlib.util, json, os, shutil\n"
         "tools = ['cc', 'gcc', 'g++', 'c++', 'clang', 'ld', 'as', 'make', 'pip', 'pip3', 'curl', 'wget']\n"
-        "modules = ['pip', 'setuptools', 'wheel', 'pytest', 'tests', 'entra_emulator', 'redis', 'hypothesis']\n"
+        "modules = ['pip', 'setuptools', 'wheel', 'pytest', 'tests', 'entra_emulator', 'redis', 'hypothesis',"
+        " 'opentelemetry']\n"
         "print(json.dumps({\n"
         "    'tools': {t: shutil.which(t) for t in tools if shutil.which(t)},\n"
         "    'modules': [m for m in modules if importlib.util.find_spec(m)],\n"

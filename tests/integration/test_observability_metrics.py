@@ -15,10 +15,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_token_broker import __version__
+from agent_token_broker.audit import AuditTrail
+from agent_token_broker.audit.metrics import register_audit_collector
 from agent_token_broker.cache.token import CachedToken
 from agent_token_broker.l2.metrics import SharedCacheMetrics
 from agent_token_broker.metrics import BrokerMetrics
 from agent_token_broker.server import RunningBroker
+from agent_token_broker.settings.callers import AuditConfig
 from agent_token_broker.tokens import Flow, TokenRequest
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
@@ -201,6 +204,8 @@ def exported_names() -> set[str]:
     metrics = BrokerMetrics(["/AuthorizationHeader/{api}"])
     metrics.next_expiry = lambda: time.time() + 100
     shared = SharedCacheMetrics(metrics.registry)  # what the runtime registers when Redis is configured
+    # ...and always: decisions per caller, from the audit trail
+    register_audit_collector(metrics.registry, AuditTrail(AuditConfig(enabled=False)), lambda: ("agent",))
     # Series whose labels appear on first use: one of each, so their names are exported too.
     shared.lock("acquired")
     shared.write("ok")

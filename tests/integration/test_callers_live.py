@@ -5,14 +5,17 @@ is refused under RequireMatch, and the audit lines name the right uid (and pid o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
-from entra_emulator.runner import EmulatorAdmin
+from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.caller_clients import client_dir, run_as, share_socket
-from tests.integration.conftest import BrokerFactory
+from tests.integration.conftest import BrokerFactory, make_settings
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
 AGENT_UID, SANDBOX_UID, STRANGER_UID = 10010, 10020, 10030
@@ -91,3 +94,27 @@ async def test_each_uid_gets_its_own_policy_over_tcp_and_the_unix_socket(
         assert all(t["caller"]["name"] == name for t in mine)
     agent_hits = {h["caller"]["uid"]: h["count"] for h in hits if h["agent"] == A1}
     assert agent_hits == {AGENT_UID: 3}, hits  # one hit over TCP, two over the Unix socket
+
+
+async def test_a_reload_applies_new_caller_policy_to_open_connections(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin, emulator: EmulatorServer
+) -> None:
+    """Broker__Callers is live: after Runtime.apply_settings (what SIGHUP does), a kept-alive
+    connection's caller is matched against the new table on its next request."""
+    path = PATH + A1
+    async with broker_factory() as broker, aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1)
+    ) as http:
+        url = broker.api_urls[0] + path
+        async with http.get(url) as resp:
+            assert resp.status == 200
+        report = broker.runtime.apply_settings(make_settings(
+            emulator, Broker__Callers__agent__Uid=str(AGENT_UID), Broker__Callers__RequireMatch="true"
+        ))  # fmt: skip
+        assert "Broker__Callers__RequireMatch" in " ".join(report.applied), report
+        async with http.get(url) as resp:  # the same connection (limit=1, keep-alive)
+            body = await resp.json()
+            assert resp.status == 403 and body["title"] == f"caller not allowed: uid {os.getuid()}", body
+        broker.runtime.apply_settings(make_settings(emulator))
+        async with http.get(url) as resp:
+            assert resp.status == 200

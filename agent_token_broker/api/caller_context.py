@@ -16,6 +16,7 @@ import weakref
 from typing import Any
 
 from agent_token_broker.api.caller_policy import OTHER, CallerRule, CallerTable
+from agent_token_broker.audit.record import HitKey
 from agent_token_broker.callers import CallerIdentity
 from agent_token_broker.callers.identity import identify_transport
 
@@ -23,13 +24,17 @@ from agent_token_broker.callers.identity import identify_transport
 class CallerContext:
     """One connection's caller: its identity and the entry it matched in ``table``."""
 
-    __slots__ = ("__weakref__", "identity", "label", "rule", "table")
+    __slots__ = ("__weakref__", "allowed", "hit_key", "identity", "label", "rule", "table")
 
     def __init__(self, identity: CallerIdentity) -> None:
         self.identity = identity
         self.rule: CallerRule | None = None
         self.table: CallerTable | None = None
         self.label = OTHER
+        # The last decision this caller was allowed under ``table``, and its audit hit key: a
+        # kept-alive connection repeating its request skips the checks (TokenGate.token's hot path).
+        self.allowed: object = None
+        self.hit_key: HitKey | None = None
 
 
 # Transport -> context; an entry goes with its connection (uvloop and asyncio transports are weakly referenceable).

@@ -299,6 +299,10 @@ class TokenGate:
     ) -> CachedToken:
         """The token ``route`` may give for ``query``: policy, caller policy, then cache or limiter +
         acquisition; the decision is audited."""
+        if challenge is None and not route.authenticated:
+            token = self.hit(route, api, query, caller)
+            if token is not None:
+                return token
         audit = self._audit
         if audit is None:
             return await self._token(route, api, query, bearer, challenge, caller, Note())
@@ -322,6 +326,30 @@ class TokenGate:
                 audit.hit(hit_key(label, caller.identity if caller is not None else None, decision.request, api))
         else:
             self._record(route, api, caller, note, started, Outcome(200), "hit" if note.cache == "hit" else "issued")
+        return token
+
+    def hit(
+        self, route: Route, api: str | None, query: ParsedQuery, caller: CallerContext | None
+    ) -> CachedToken | None:
+        """The hot path of :meth:`token` for a route without a bearer token: a remembered decision,
+        already allowed for this connection's caller under the caller table in force, and a fresh
+        cached token; the hit is counted for the audit trail. Awaits nothing. None: take the full
+        path (it decides, checks the caller, records, or admits the miss and acquires)."""
+        decision = self._memo.get((route, api.lower() if api is not None else None, query))
+        if decision is None or not decision.plain:
+            return None
+        audit = self._audit
+        if audit is not None and audit.every_hit:
+            return None  # a line per hit: the full path writes it
+        if caller is not None:
+            if caller.allowed is not decision or caller.table is not self._table:
+                return None
+            key = caller.hit_key
+        else:
+            key = hit_key(caller_policy.OTHER, None, decision.request, api)
+        token = self._cache.peek(decision.key)
+        if token is not None and audit is not None and audit.counting and key is not None:
+            audit.hit(key)
         return token
 
     def _trace_id(self) -> str | None:
@@ -369,11 +397,12 @@ class TokenGate:
         caller: CallerContext | None,
         note: Note,
     ) -> CachedToken:
-        checked = caller is not None and self.callers.active
-        if checked:
-            assert caller is not None
-            rule = self.caller_rule(caller)
-            caller_policy.check_match(self._table, rule, caller.identity)
+        checked = False
+        if caller is not None:
+            rule = self.caller_rule(caller)  # once per connection and caller table
+            checked = self._table.active
+            if checked:
+                caller_policy.check_match(self._table, rule, caller.identity)
         if route.authenticated:
             if bearer is None:
                 raise ProblemError(401, "this route needs a bearer token", slug="missing-token")
@@ -390,8 +419,11 @@ class TokenGate:
         remembered = self._memo.get(memo_key)
         decision = remembered if remembered is not None else self.decision(route, api, query)
         note.decision = decision
-        if checked:
-            caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)  # type: ignore[union-attr]
+        if caller is not None:
+            if checked:
+                caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)
+            caller.allowed = decision  # the hot path may skip the checks for it on this connection
+            caller.hit_key = hit_key(caller.label, caller.identity, decision.request, api)
         token = await self.obtain(decision, challenge, note)
         if remembered is None:
             self._remember(memo_key, decision)

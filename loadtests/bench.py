@@ -27,6 +27,7 @@ from loadtests.wrk import ensure_tool
 Scenario = Callable[[Ctx], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {
     "hot": scenarios_hot.hot,
+    "gc_freeze": scenarios_hot.gc_freeze,
     "spread": scenarios_hot.spread_keys,
     "mixed": scenarios_flows.mixed,
     "stampede": scenarios_flows.stampede,
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts, names = options(args)
     ensure_tool("wrk", "wrk")
     ensure_tool("nginx", "nginx")
+    ensure_tool("h2load", "nghttp2-client")
     command = "python -m loadtests.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     stamp = dt.date.today().isoformat() + ("-smoke" if opts.smoke else "")
     machine = machine_info()

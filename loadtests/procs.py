@@ -59,6 +59,16 @@ def proc_stats(pid: int) -> dict[str, int]:
     return {"rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14 and 15)
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -98,7 +108,7 @@ class Broker:
     """``agent-token-broker serve`` as a subprocess (uvloop, Warning logs), ops listener for readiness."""
 
     def __init__(self, emulator: EmulatorServer, log_path: Path, extra: Mapping[str, str] | None = None,
-                 profile_out: Path | None = None) -> None:
+                 profile_out: Path | None = None, *, gc_freeze: bool = True) -> None:
         self.port, self.ops_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ops_url = f"http://127.0.0.1:{self.ops_port}"
@@ -117,7 +127,10 @@ class Broker:
             "REQUESTS_CA_BUNDLE": str(emulator.ca_path),
         })
         env.update(extra or {})
-        if profile_out is None:
+        if not gc_freeze:  # the A/B run of the gc.freeze() measurement: the same broker without it
+            cmd = [sys.executable, "-c", "import gc; gc.freeze = lambda: None; "
+                   "from agent_token_broker.cli import main; main(['serve'])"]
+        elif profile_out is None:
             cmd = [sys.executable, "-m", "agent_token_broker.cli", "serve"]
         else:  # cProfile writes its stats when serve returns (SIGTERM = graceful stop)
             code = ("import cProfile,sys; from agent_token_broker.cli import main; "
@@ -146,14 +159,16 @@ class Broker:
 
 
 class Baseline:
-    """The bare aiohttp + uvloop app (``loadtests.baseline_app``) serving ``body``."""
+    """A bare aiohttp + uvloop server (``loadtests.baseline_app``) serving ``body``: ``kind`` ``app``
+    (``web.Application``) or ``server`` (the low-level ``web.Server``)."""
 
-    def __init__(self, body_file: Path, log_path: Path) -> None:
+    def __init__(self, body_file: Path, log_path: Path, kind: str = "app") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.baseline_app", "--port", str(self.port), "--body-file", str(body_file)],
+            [sys.executable, "-m", "loadtests.baseline_app", "--port", str(self.port), "--body-file", str(body_file),
+             "--kind", kind],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:
@@ -161,6 +176,10 @@ class Baseline:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -1,6 +1,11 @@
-"""Profile the broker's hot-hit path: cProfile in the broker process while wrk drives one hot key.
+"""Profile the broker's hot-hit path while wrk drives one hot key.
 
-Usage: python -m loadtests.profile_hot [--duration S] [--top N]; prints the top frames by own time.
+Usage: ``python -m loadtests.profile_hot [--tool py-spy|cprofile] [--duration S] [--top N]``
+
+* ``py-spy`` (default; ``pip install py-spy``): samples the real broker process from outside
+  (``py-spy record --format raw``; no instrumentation overhead, so the shares are the real
+  ones) and prints the top frames by own time and by total time (share of samples).
+* ``cprofile``: cProfile inside the broker (slower; exact call counts).
 """
 
 from __future__ import annotations
@@ -8,30 +13,84 @@ from __future__ import annotations
 import argparse
 import io
 import pstats
+import shutil
+import subprocess
+import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from loadtests import procs
 from loadtests.context import HOT_PATH, Ctx, Options
 
 
+def collapsed_top(path: Path, top: int) -> str:
+    """Top frames of a py-spy raw (collapsed stacks) file: by own samples and by total samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    out = [f"{samples} samples", "", "own %  total %  frame"]
+    for frame, n in own.most_common(top):
+        out.append(f"{100 * n / samples:5.1f}  {100 * total[frame] / samples:7.1f}  {frame}")
+    out += ["", "by total time:", "total %  own %  frame"]
+    for frame, n in total.most_common(top):
+        out.append(f"{100 * n / samples:7.1f}  {100 * own[frame] / samples:5.1f}  {frame}")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--tool", choices=("py-spy", "cprofile"), default="py-spy")
+    p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--save", type=Path, help="keep the raw profile here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = Ctx(Options(), Path(tmp))
-        out = Path(tmp) / "broker.prof"
+        ctx = Ctx(Options(connections=args.connections), Path(tmp))
+        out = Path(tmp) / ("broker.prof" if args.tool == "cprofile" else "broker.collapsed")
         try:
             emu, _ = ctx.emulator()
-            broker = ctx.broker(emu, profile_out=out)
+            broker = ctx.broker(emu, profile_out=out if args.tool == "cprofile" else None)
             procs.token_body(broker.url, HOT_PATH)
-            res = ctx.wrk(broker.url, ctx.requests_file("hot", [(HOT_PATH, {})]), args.duration)
+            reqs = ctx.requests_file("hot", [(HOT_PATH, {})])
+            ctx.wrk(broker.url, reqs, 2.0)  # warm
+            spy = None
+            if args.tool == "py-spy":
+                beside = Path(sys.executable).parent / "py-spy"  # installed in this venv
+                binary = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+                if binary is None:
+                    raise SystemExit("py-spy not found (pip install py-spy)")
+                spy = subprocess.Popen(
+                    [binary, "record", "--pid", str(broker.pid), "--duration", str(round(args.duration)),
+                     "--rate", "500", "--format", "raw", "--nolineno", "--output", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+            res = ctx.wrk(broker.url, reqs, args.duration + (1.0 if spy else 0.0), pid=broker.pid)
+            if spy is not None:
+                _, err = spy.communicate(timeout=args.duration + 30)
+                if spy.returncode != 0:
+                    raise SystemExit(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
             broker.stop()
         finally:
             ctx.stop_all()
-        print(f"{res.requests} requests, {res.rps:.0f} req/s under cProfile")
+        cpu = f", {res.cpu_us_per_request:.1f} µs CPU per request" if res.cpu_us_per_request else ""
+        print(f"{res.requests} requests, {res.rps:.0f} req/s under {args.tool}{cpu}")
+        if args.save:
+            shutil.copy(out, args.save)
+        if args.tool == "py-spy":
+            print(collapsed_top(out, args.top))
+            return
         buf = io.StringIO()
         stats = pstats.Stats(str(out), stream=buf)
         stats.sort_stats("tottime").print_stats(args.top)

@@ -55,8 +55,11 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "max": round(max(values), 3), "n": len(values)}
 
 
-def goal(name: str, target: str, measured: Any, met: bool | None) -> dict[str, Any]:
-    return {"goal": name, "target": target, "measured": measured, "met": met}
+def goal(name: str, target: str, measured: Any, met: bool | None, floor: str = "",
+         above_floor: bool | None = None) -> dict[str, Any]:
+    """One goal's line: its target, what was measured, whether it was met (and the floor, if it has one)."""
+    return {"goal": name, "target": target, "measured": measured, "met": met, "floor": floor,
+            "above_floor": above_floor}
 
 
 def write_results(out: Path, stamp: str, results: list[dict[str, Any]], machine: dict[str, Any],
@@ -95,10 +98,12 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: st
             lines.append("")
         goals = result.get("goals", [])
         if goals:
-            lines += ["| goal | target | measured | met |", "|---|---|---|---|"]
+            lines += ["| goal | target | measured | met | floor | above floor |", "|---|---|---|---|---|---|"]
+            yes_no = {True: "yes", False: "**no**", None: ""}
             for g in goals:
                 met = {True: "yes", False: "**no**", None: "n/a"}[g["met"]]
-                lines.append(f"| {g['goal']} | {g['target']} | {_cell(g['measured'])} | {met} |")
+                lines.append(f"| {g['goal']} | {g['target']} | {_cell(g['measured'])} | {met} | "
+                             f"{g.get('floor', '')} | {yes_no[g.get('above_floor')]} |")
             lines.append("")
         lines += [f"- {note}" for note in result.get("notes", [])]
         lines.append("")

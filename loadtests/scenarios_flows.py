@@ -48,7 +48,8 @@ def mixed(ctx: Ctx) -> dict[str, Any]:
         body = procs.token_body(broker.url, lines[0][0])
         base = ctx.baseline(body)
         reqs = ctx.requests_file("mixed", lines)
-        runs = interleave(ctx, {"aiohttp": (base.url, reqs), "broker mixed": (broker.url, reqs)}, duration, o.rounds)
+        runs = interleave(ctx, {"aiohttp": (base.url, reqs), "broker mixed": (broker.url, reqs)}, duration, o.rounds,
+                          {"aiohttp": base.pid, "broker mixed": broker.pid})
     r = spread(ratios(runs, "broker mixed", "aiohttp"))
     errors = sum(x.failed for x in runs["broker mixed"])
     return {
@@ -57,7 +58,10 @@ def mixed(ctx: Ctx) -> dict[str, Any]:
                        "user tokens, each validated per request), 20% agent user (UPN and OID).",
         "table": summarize(runs),
         "ratios": {"mixed_vs_aiohttp": r}, "warm": w.as_dict(),
-        "goals": [goal("errors under mixed load", "0", errors, errors == 0)],
+        "goals": [goal("errors under mixed load", "0", errors, errors == 0),
+                  goal("mixed flows (incl. OBO) vs bare aiohttp web.Application", ">= 0.8x",
+                       f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]", r["median"] >= 0.8 if r["n"] else None,
+                       ">= 0.6x", r["median"] >= 0.6 if r["n"] else None)],
         "notes": [f"mixed throughput vs bare aiohttp: {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}] "
                   "(OBO hits verify the inbound JWT signature on every request)."],
         "raw": raw(runs),

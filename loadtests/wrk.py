@@ -50,6 +50,7 @@ class WrkResult:
     errors: dict[str, int]
     latency_us: dict[str, float]
     connections: int
+    cpu_seconds: float | None = None  # the server process's CPU time during the run, when measured
 
     @property
     def rps(self) -> float:
@@ -61,7 +62,14 @@ class WrkResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "seconds": round(self.seconds, 3), "rps": round(self.rps, 1),
-                "errors": self.errors, "latency_us": self.latency_us, "connections": self.connections}
+                "errors": self.errors, "latency_us": self.latency_us, "connections": self.connections,
+                "cpu_seconds": self.cpu_seconds}
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.cpu_seconds is None or not self.requests:
+            return None
+        return self.cpu_seconds * 1e6 / self.requests
 
 
 def run_wrk(url: str, requests_file: Path, *, duration: float, connections: int, threads: int = 1,

@@ -40,9 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from agent_token_broker.api.problems import problem_title
 from agent_token_broker.settings import Listen
@@ -258,7 +257,7 @@ class ConnectionGuard:
         class _ResponseDone(AbstractAccessLogger):
             """aiohttp's access-log hook, used only to learn that a response was sent."""
 
-            def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+            def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
                 transport = request.transport
                 if transport is not None:
                     wrapper = guard._by_transport.get(transport)

@@ -71,7 +71,7 @@ def upstream_outcome(err: AcquireError | None) -> str:
     return "refused"
 
 
-class _RouteChildren:
+class RouteChildren:
     """Request counts by status and a latency histogram for one route template.
 
     Plain integers updated on the event loop thread (the only writer; scrapes run on the
@@ -103,7 +103,7 @@ class _RouteChildren:
 class _RequestCollector(Collector):
     """Exports every route's request counter and latency histogram."""
 
-    def __init__(self, routes: dict[str, _RouteChildren]) -> None:
+    def __init__(self, routes: dict[str, RouteChildren]) -> None:
         self._routes = routes
 
     def collect(self) -> Iterator[Metric]:
@@ -235,7 +235,7 @@ class BrokerMetrics:
         register_runtime_collectors(r)
 
         # Bound children (hot paths do one dict lookup and one inc()).
-        self._routes: dict[str, _RouteChildren] = {}
+        self._routes: dict[str, RouteChildren] = {}
         for route in (*routes, UNMATCHED):
             self.route(route)
         r.register(_RequestCollector(self._routes))
@@ -264,11 +264,11 @@ class BrokerMetrics:
         self.ready: Callable[[], bool] | None = None
         r.register(_ScrapeTimeCollector(self))
 
-    def route(self, template: str) -> _RouteChildren:
+    def route(self, template: str) -> RouteChildren:
         """Bound children for a route template (created once)."""
         children = self._routes.get(template)
         if children is None:
-            children = self._routes[template] = _RouteChildren(template)
+            children = self._routes[template] = RouteChildren(template)
         return children
 
     def exposition(self) -> bytes:

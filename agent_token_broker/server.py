@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -12,8 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from agent_token_broker.api.app import create_api_app, create_ops_app
-from agent_token_broker.api.protocol import ProblemAppRunner
+from agent_token_broker.api.app import create_ops_app, parser_limits
+from agent_token_broker.api.front import ApiFront
+from agent_token_broker.api.protocol import protocol_factory
 from agent_token_broker.listeners import BoundListener, ConnectionGuard, ConnectionLimits, bind, serve
 from agent_token_broker.reload import ConfigReloader, ConfigSources, Signature
 from agent_token_broker.runtime import Runtime
@@ -27,10 +29,11 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 @dataclass
 class RunningBroker:
     runtime: Runtime
-    runners: list[web.AppRunner]
+    runners: list[web.BaseRunner]
     api_urls: list[str]
     ops_url: str | None
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # "api", "ops"
+    api: ApiFront | None = None  # the API listener's handler (its routes: api.routes())
 
 
 def connection_limits(settings: Settings) -> tuple[ConnectionLimits, ConnectionLimits]:
@@ -69,6 +72,16 @@ def _protocol_factory(runner: web.BaseRunner) -> web.Server:
     return server
 
 
+async def _freeze_when_ready(runtime: Runtime) -> None:
+    """Once started and warmed up: collect, then move every object that survived into the GC's
+    permanent generation (``gc.freeze()``), so collections no longer walk the broker's long-lived
+    objects (settings, MSAL apps, tables, cached tokens of the warm-up) while requests wait."""
+    await runtime.ready_event.wait()
+    gc.collect()
+    gc.freeze()
+    log.debug("gc.freeze(): %d objects moved to the permanent generation", gc.get_freeze_count())
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings, *, wait_ready: float | None = None, tracer: Tracer | None = None
@@ -82,20 +95,25 @@ async def running(
     api_bound, ops_bound = bound[: len(settings.listen)], bound[len(settings.listen) :]
     api_limits, ops_limits = connection_limits(settings)
     guards = {"api": ConnectionGuard("API", api_limits), "ops": ConnectionGuard("ops", ops_limits)}
-    runners: list[web.AppRunner] = []
+    runners: list[web.BaseRunner] = []
     servers: list[asyncio.AbstractServer] = []
     runtime: Runtime | None = None
-    warm: asyncio.Task[None] | None = None
+    front: ApiFront | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         runtime = await Runtime.create(settings, tracer=tracer)
-        warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
-        api_runner = ProblemAppRunner(
-            create_api_app(runtime), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **guards["api"].server_kwargs()
-        )
+        tasks.append(asyncio.create_task(runtime.warm_up(), name="warm-up"))
+        # The API listener: aiohttp's low-level server and one handler (no Application, router or
+        # middlewares); connections are ApiProtocol (per-connection caller, problem+json HTTP errors).
+        front = ApiFront(runtime)
+        api_kwargs: dict[str, Any] = {**guards["api"].server_kwargs(), **parser_limits(settings)}
+        api_server = web.Server(front.handler, **api_kwargs)
+        api_runner = web.ServerRunner(api_server, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await api_runner.setup()
         runners.append(api_runner)
+        await front.start()
         for item in api_bound:
-            servers += await serve(item, guards["api"], _protocol_factory(api_runner))
+            servers += await serve(item, guards["api"], protocol_factory(api_server, **api_kwargs))
         ops_url = None
         if ops_bound:
             ops_runner = web.AppRunner(
@@ -105,18 +123,22 @@ async def running(
             runners.append(ops_runner)
             servers += await serve(ops_bound[0], guards["ops"], _protocol_factory(ops_runner))
             ops_url = ops_bound[0].url
+        tasks.append(asyncio.create_task(_freeze_when_ready(runtime), name="gc-freeze"))
         if wait_ready:
             await asyncio.wait_for(runtime.ready_event.wait(), wait_ready)
-        yield RunningBroker(runtime, runners, [item.url for item in api_bound], ops_url, guards)
+        yield RunningBroker(runtime, runners, [item.url for item in api_bound], ops_url, guards, front)
     finally:
         for server in servers:
             server.close()  # stop accepting; open connections are drained below
         for item in bound:
             item.close()
-        if warm is not None:
-            warm.cancel()
+        for task in tasks:
+            task.cancel()
         for runner in runners:
             await runner.cleanup()
+        if front is not None:
+            await front.stop()
+        gc.unfreeze()  # (several brokers may run in one process, e.g. the tests)
         if runtime is not None:
             await runtime.close()
         for item in bound:

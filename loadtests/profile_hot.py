@@ -20,8 +20,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from loadtests import procs
+from loadtests.clients import warm
 from loadtests.context import HOT_PATH, Ctx, Options
+from loadtests.scenarios_flows import mixed_requests
 
 
 def collapsed_top(path: Path, top: int) -> str:
@@ -55,15 +56,18 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--save", type=Path, help="keep the raw profile here")
+    p.add_argument("--requests", choices=("hot", "mixed"), default="hot",
+                   help="one hot key (default) or the mixed scenario's requests (incl. OBO)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Ctx(Options(connections=args.connections), Path(tmp))
         out = Path(tmp) / ("broker.prof" if args.tool == "cprofile" else "broker.collapsed")
         try:
-            emu, _ = ctx.emulator()
+            emu, admin = ctx.emulator()
             broker = ctx.broker(emu, profile_out=out if args.tool == "cprofile" else None)
-            procs.token_body(broker.url, HOT_PATH)
-            reqs = ctx.requests_file("hot", [(HOT_PATH, {})])
+            lines = [(HOT_PATH, {})] if args.requests == "hot" else mixed_requests(admin)
+            warm(broker.url, lines, concurrency=4)
+            reqs = ctx.requests_file("requests", lines)
             ctx.wrk(broker.url, reqs, 2.0)  # warm
             spy = None
             if args.tool == "py-spy":
@@ -73,7 +77,7 @@ def main() -> None:
                     raise SystemExit("py-spy not found (pip install py-spy)")
                 spy = subprocess.Popen(
                     [binary, "record", "--pid", str(broker.pid), "--duration", str(round(args.duration)),
-                     "--rate", "500", "--format", "raw", "--nolineno", "--output", str(out)],
+                     "--rate", "500", "--gil", "--format", "raw", "--nolineno", "--output", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 )  # fmt: skip
             res = ctx.wrk(broker.url, reqs, args.duration + (1.0 if spy else 0.0), pid=broker.pid)

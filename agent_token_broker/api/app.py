@@ -1,4 +1,5 @@
-"""aiohttp application factories: the API app (loopback) and the ops app (metrics, health)."""
+"""The ops listener's aiohttp application (health, readiness, metrics, OpenAPI, admin) and the API
+listener's parser limits (its handler is :class:`agent_token_broker.api.front.ApiFront`)."""
 
 from __future__ import annotations
 
@@ -8,37 +9,25 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent_token_broker.api.admin import add_admin_routes
-from agent_token_broker.api.downstream import add_downstream_routes
-from agent_token_broker.api.gate import TokenGate
-from agent_token_broker.api.guards import guard_middleware, start_guards, stop_guards
 from agent_token_broker.api.middleware import errors_middleware
-from agent_token_broker.api.msi import add_msi_routes
-from agent_token_broker.api.observe import bind_routes, observe_middleware
 from agent_token_broker.api.openapi import openapi_document
-from agent_token_broker.api.refusals import RefusalLog
-from agent_token_broker.api.routes import add_routes, healthz
-from agent_token_broker.api.state import GATE, REFUSALS, RUNTIME
+from agent_token_broker.api.routes import healthz
+from agent_token_broker.api.state import RUNTIME
 from agent_token_broker.runtime import Runtime
+from agent_token_broker.settings import Settings
 
 API_MAX_BODY = 64 * 1024
 
 
-def create_api_app(runtime: Runtime) -> web.Application:
-    """The token API, with Microsoft's sidecar's routes."""
-    app = web.Application(
-        middlewares=[observe_middleware(runtime.metrics, runtime.tracer), errors_middleware, guard_middleware],
-        client_max_size=API_MAX_BODY,
-    )
-    app[RUNTIME] = runtime
-    app[GATE] = TokenGate(runtime)
-    app[REFUSALS] = RefusalLog()
-    app.on_startup.append(start_guards)
-    app.on_cleanup.append(stop_guards)
-    add_routes(app)
-    add_downstream_routes(app)
-    add_msi_routes(app, runtime.settings.managed_identity_endpoint)
-    bind_routes(app, runtime.metrics)
-    return app
+def parser_limits(settings: Settings) -> dict[str, int]:
+    """aiohttp's HTTP parser limits for the API listener (``Broker__Limits__*``; 431 beyond), as the
+    keyword arguments ``web.Server`` takes."""
+    limits = settings.security.limits
+    return {
+        "max_line_size": limits.max_request_line_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+    }
 
 
 async def _readyz(request: web.Request) -> web.Response:

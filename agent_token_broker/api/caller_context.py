@@ -6,8 +6,10 @@ later requests on a kept-alive connection pay a dict lookup, never a kernel quer
 also remembers which ``Broker__Callers`` entry the caller matched, per compiled caller table
 (a reload compiles a new table, so the match is decided again).
 
-This is the one place that ties a caller to the request layer: a request layer that keeps its
-own per-connection object can hold the :class:`CallerContext` there instead.
+This is the one place that ties a caller to the request layer. The API front's connections
+(:class:`agent_token_broker.api.protocol.Connection`) hold their :class:`CallerContext`
+themselves; a connection of another protocol (e.g. aiohttp's test server) finds it by its
+transport here.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def caller_context(request: Any) -> CallerContext | None:
     transport = request.transport
     if transport is None:
         return None
+    connection = getattr(request.protocol, "connection", None)  # the API front's ApiProtocol
+    if connection is not None:
+        own: CallerContext | None = connection.caller_context
+        if own is None:
+            own = connection.caller_context = CallerContext(identify_transport(transport))
+        return own
     context = _BY_TRANSPORT.get(transport)
     if context is None:
         context = _BY_TRANSPORT[transport] = CallerContext(identify_transport(transport))

@@ -21,16 +21,14 @@ from agent_token_broker.api.downstream_http import DownstreamResult, build_call,
 from agent_token_broker.api.gate import Challenge
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
-from agent_token_broker.api.problems import NO_STORE, ProblemError
-from agent_token_broker.api.routes import bearer_token
-from agent_token_broker.api.state import GATE, RUNTIME
+from agent_token_broker.api.problems import ProblemError
+from agent_token_broker.api.routes import JSON_HEADERS, bearer_token
+from agent_token_broker.api.state import ApiServices, Endpoint
 from agent_token_broker.cache.token import CachedToken
 from agent_token_broker.runtime import Runtime
 from agent_token_broker.settings import DownstreamApiConfig
 
 log = logging.getLogger("agent_token_broker.api.downstream")
-
-_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **NO_STORE}
 
 
 def _configured_api(runtime: Runtime, api: str) -> DownstreamApiConfig:
@@ -48,7 +46,7 @@ def _configured_api(runtime: Runtime, api: str) -> DownstreamApiConfig:
     return config
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     if not request.body_exists:
         return b""
     too_large = ProblemError(
@@ -70,13 +68,11 @@ def _authorization(token: CachedToken) -> str:
     return f"{token.meta.get('token_type', 'Bearer')} {token.value}"
 
 
-async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
-    runtime = request.app[RUNTIME]
-    gate = request.app[GATE]
+async def _call(services: ApiServices, request: web.BaseRequest, api: str, *, authenticated: bool) -> web.Response:
+    runtime, gate = services.runtime, services.gate
     query = parse_query_string(request.rel_url.raw_query_string, Family.DOWNSTREAM)
     route = Route.CALL if authenticated else Route.CALL_UNAUTH
     bearer = bearer_token(request) if authenticated else None
-    api = request.match_info["api"]
     config = _configured_api(runtime, api)
     limits = runtime.settings.downstream
     body = await _read_body(request, limits.max_request_bytes)
@@ -120,20 +116,23 @@ async def _call(request: web.Request, *, authenticated: bool) -> web.Response:
                 used.append(retry_token.value)
                 result = await attempt(retry_token)
     body_json = json.dumps(result.as_json(used))
-    return web.Response(body=body_json.encode(), headers=_JSON_HEADERS)
+    return web.Response(body=body_json.encode(), headers=JSON_HEADERS)
 
 
-async def downstream_api(request: web.Request) -> web.Response:
-    """``POST /DownstreamApi/{api}``: validated inbound token; OBO (or app token) to call the API."""
-    return await _call(request, authenticated=True)
+def endpoints(services: ApiServices) -> list[Endpoint]:
+    """``POST /DownstreamApi/{api}`` (validated inbound token; OBO or app token to call the API) and
+    ``POST /DownstreamApiUnauthenticated/{api}`` (the blueprint's or agent's own token); POST only,
+    as in Microsoft's sidecar (other methods get 405)."""
 
+    async def downstream_api(request: web.BaseRequest, api: str | None) -> web.StreamResponse:
+        assert api is not None
+        return await _call(services, request, api, authenticated=True)
 
-async def downstream_api_unauthenticated(request: web.Request) -> web.Response:
-    """``POST /DownstreamApiUnauthenticated/{api}``: the blueprint's or agent's own token."""
-    return await _call(request, authenticated=False)
+    async def downstream_api_unauthenticated(request: web.BaseRequest, api: str | None) -> web.StreamResponse:
+        assert api is not None
+        return await _call(services, request, api, authenticated=False)
 
-
-def add_downstream_routes(app: web.Application) -> None:
-    """POST only, as in Microsoft's sidecar (other methods get 405)."""
-    app.router.add_post("/DownstreamApi/{api}", downstream_api)
-    app.router.add_post("/DownstreamApiUnauthenticated/{api}", downstream_api_unauthenticated)
+    return [
+        Endpoint("POST", "/DownstreamApi/{api}", downstream_api),
+        Endpoint("POST", "/DownstreamApiUnauthenticated/{api}", downstream_api_unauthenticated),
+    ]

@@ -16,10 +16,13 @@ bearer token). The gate then, always in this order:
 5. records the decision in the audit trail (:mod:`agent_token_broker.audit`): a line per miss,
    refusal or error, a count per cache hit (docs/audit.md).
 
-Decisions of routes without a bearer token are remembered, keyed on the canonical parsed
-request (so spelling, order and no-op variants share one entry) and bounded in bytes; only
-decisions that produced a token are remembered. A configuration reload drops them all
-(:meth:`agent_token_broker.runtime.Runtime.on_settings_change`).
+Decisions are remembered, keyed on the canonical parsed request (so spelling, order and
+no-op variants share one entry) and, on the authenticated routes, the bearer token (step 1
+still runs on every call: a remembered decision is only ever used for a token validated
+now); bounded in bytes; only decisions that produced a token are remembered. A
+configuration reload drops them all (:meth:`agent_token_broker.runtime.Runtime.on_settings_change`).
+The API front answers cache hits of ``/AuthorizationHeaderUnauthenticated`` through
+:meth:`TokenGate.hit`: the same memo, caller policy, cache and audit count, without awaiting.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ BLUEPRINT_BUCKET = "(blueprint)"
 # Remembered decisions: at most this many bytes (estimated), then the memo starts afresh.
 MEMO_MAX_BYTES = 8 * 1024 * 1024
 _ENTRY_OVERHEAD = 640  # measured: a ParsedQuery + TokenRequest + key + dict slot, short strings
+_ASSERTION_OVERHEAD = 120  # the bearer's str header and the key's SHA-256 hex
+# (route, API name lower-cased, parsed query, bearer token on the authenticated routes else None)
+MemoKey = tuple[Route, str | None, ParsedQuery, str | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -247,7 +253,7 @@ class TokenGate:
         self._audit = runtime.audit
         self._include_upn = runtime.settings.audit.include_upn
         self.misses = MissLimiter(runtime.settings.security.limits, clock=clock)
-        self._memo: dict[tuple[Route, str | None, ParsedQuery], Decision] = {}
+        self._memo: dict[MemoKey, Decision] = {}
         self._memo_bytes = 0
         self._table = caller_policy.compile_table(runtime.settings)
         runtime.on_settings_change(self._settings_changed)
@@ -406,18 +412,17 @@ class TokenGate:
         if route.authenticated:
             if bearer is None:
                 raise ProblemError(401, "this route needs a bearer token", slug="missing-token")
+            # Every call: the bearer token is validated (lifetime, issuer, audience, signing key
+            # still published) and the caller's permissions checked, before any remembered decision.
             claims = await validated_claims(self._validator, bearer)
             policy.check_caller_token(self._settings, claims)
             oid = claims.get("oid")
             note.obo_user = oid if isinstance(oid, str) else None
-            decision = self.decision(route, api, query, user_assertion=bearer)
-            note.decision = decision
-            if checked:
-                caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)  # type: ignore[union-attr]
-            return await self.obtain(decision, challenge, note)
-        memo_key = (route, api.lower() if api is not None else None, query)
+        else:
+            bearer = None
+        memo_key: MemoKey = (route, api.lower() if api is not None else None, query, bearer)
         remembered = self._memo.get(memo_key)
-        decision = remembered if remembered is not None else self.decision(route, api, query)
+        decision = remembered if remembered is not None else self.decision(route, api, query, user_assertion=bearer)
         note.decision = decision
         if caller is not None:
             if checked:
@@ -429,8 +434,35 @@ class TokenGate:
             self._remember(memo_key, decision)
         return token
 
-    def _remember(self, memo_key: tuple[Route, str | None, ParsedQuery], decision: Decision) -> None:
-        size = _entry_bytes(memo_key[2])
+    def hit(self, route: Route, api: str, query: ParsedQuery, caller: CallerContext | None) -> CachedToken | None:
+        """The cache-hit path of :meth:`token` for a route without a bearer token, without awaiting:
+        the remembered decision for this request, the caller's own policy, the fresh cached token
+        (the same memo, the same checks and the same :meth:`TokenCache.peek` as :meth:`token`) and
+        the hit counted in the audit trail as :meth:`token` counts it. ``None``: call :meth:`token`
+        (it decides, refuses and audits the refusal, writes a line per hit when asked to, or admits
+        the miss and acquires)."""
+        decision = self._memo.get((route, api.lower(), query, None))
+        if decision is None or not decision.plain:
+            return None
+        audit = self._audit
+        if audit is not None and audit.every_hit:
+            return None  # a line per hit: token() writes it with the hit's latency
+        if caller is not None and self._table.active:
+            rule = self.caller_rule(caller)
+            try:
+                caller_policy.check(self._table, rule, caller.identity, api, decision.request)
+            except ProblemError:
+                return None  # token() refuses it again, and audits the refusal
+        token = self._cache.peek(decision.key)
+        if token is None:
+            return None
+        if audit is not None and audit.counting:
+            label = caller.label if caller is not None else caller_policy.OTHER
+            audit.hit(hit_key(label, caller.identity if caller is not None else None, decision.request, api))
+        return token
+
+    def _remember(self, memo_key: MemoKey, decision: Decision) -> None:
+        size = _entry_bytes(memo_key[2]) + (len(memo_key[3]) + _ASSERTION_OVERHEAD if memo_key[3] else 0)
         if self._memo_bytes + size > MEMO_MAX_BYTES:
             self._memo.clear()  # bounded; hot requests come back on their next call
             self._memo_bytes = 0

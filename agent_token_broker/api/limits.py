@@ -148,8 +148,10 @@ class InFlight:
         self._max_total = limits.max_concurrent_requests
         self._max_caller = limits.max_concurrent_requests_per_caller
 
-    def enter(self, caller: str) -> None:
-        """Count a request in, or raise 429 (per caller) / 503 (broker full)."""
+    def check(self, caller: str) -> None:
+        """Raise 429 (this caller is at its cap) / 503 (the broker is full) when ``caller`` may not
+        start a request now; count nothing (a request answered without awaiting anything is never
+        seen in flight by another, so checking is all :meth:`enter` and :meth:`leave` would do)."""
         if self._by_caller.get(caller, 0) >= self._max_caller:
             raise ProblemError(
                 429,
@@ -161,6 +163,10 @@ class InFlight:
             raise ProblemError(
                 503, "the broker is busy", slug="broker-busy", headers=retry_after_header(1)
             )
+
+    def enter(self, caller: str) -> None:
+        """Count a request in, or raise 429 (per caller) / 503 (broker full), as :meth:`check`."""
+        self.check(caller)
         self._total += 1
         self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
 

@@ -1,4 +1,5 @@
-"""API middleware: problem+json for every error (no tracebacks). The inbound guards are in guards.py.
+"""problem+json for every error (no tracebacks): the ops app's middleware, and the helpers the API
+front shares with it. The API listener's inbound guards are in guards.py, their order in front.py.
 
 An unexpected exception is answered with a generic 500 naming a request id, and logged at
 ERROR with that id, the exception's class and where it was raised: ``file:line:function``
@@ -16,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from agent_token_broker.api.problems import ProblemError, problem_response, render
-from agent_token_broker.api.state import REFUSALS
 from agent_token_broker.logs import REQUEST_ID
 
 log = logging.getLogger("agent_token_broker.api")
@@ -51,18 +51,26 @@ def frame_locations(exc: BaseException) -> list[str]:
     return out[:MAX_FRAMES]
 
 
-def route_label(request: web.Request) -> str:
-    """The route template (``/AuthorizationHeader/{api}``), or the path when no route matched."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else request.path
+def http_error(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTP error (4xx/5xx) raised by a handler, as problem+json."""
+    detail = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(exc.status, exc.reason)
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return problem_response(exc.status, detail, headers=headers)
 
 
-def note_refusal(request: web.Request, err: ProblemError) -> None:
-    """Log a gated refusal (rate-limited) on apps that keep a refusal log (the API app)."""
-    if err.config_key is not None:
-        refusals = request.app.get(REFUSALS)
-        if refusals is not None:
-            refusals.note(err, route_label(request))
+def unexpected_error(request: web.BaseRequest, exc: Exception) -> web.Response:
+    """A generic 500 naming the request id (the request's own, else a new one), logged with where
+    it was raised and without the exception's message, which may hold caller input or a token."""
+    request_id = REQUEST_ID.get() or str(uuid.uuid4())
+    log.error(
+        "unexpected error handling %s %s: %s (requestId=%s)",
+        request.method,
+        request.path,
+        type(exc).__name__,
+        request_id,
+        extra={"request_id": request_id, "frames": frame_locations(exc)},
+    )
+    return problem_response(500, "An unexpected error occurred.", requestId=request_id)
 
 
 @web.middleware
@@ -71,27 +79,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ProblemError as err:
-        note_refusal(request, err)
         return render(err)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        detail = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(
-            exc.status, exc.reason
-        )
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem_response(exc.status, detail, headers=headers)
+        return http_error(request, exc)
     except Exception as exc:
-        # The id observe_middleware gave this request (and its log records); one of our own
-        # only when the error happened outside it (the ops listener).
-        request_id = REQUEST_ID.get() or str(uuid.uuid4())
-        log.error(
-            "unexpected error handling %s %s: %s (requestId=%s)",
-            request.method,
-            request.path,
-            type(exc).__name__,
-            request_id,
-            extra={"request_id": request_id, "frames": frame_locations(exc)},
-        )
-        return problem_response(500, "An unexpected error occurred.", requestId=request_id)
-
+        return unexpected_error(request, exc)

@@ -27,11 +27,10 @@ from pathlib import Path
 from aiohttp import web
 
 from agent_token_broker.api.caller_context import caller_context
-from agent_token_broker.api.middleware import note_refusal
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
 from agent_token_broker.api.problems import NO_STORE, ProblemError
-from agent_token_broker.api.state import GATE, RUNTIME
+from agent_token_broker.api.state import ApiServices, Endpoint
 from agent_token_broker.secretfile import check_secret_file
 from agent_token_broker.settings import ManagedIdentityEndpointConfig
 
@@ -112,9 +111,6 @@ class IdentityHeaderSecret:
         return hmac.compare_digest(presented.encode(), self.current().encode())
 
 
-MSI_SECRET: web.AppKey[IdentityHeaderSecret] = web.AppKey("msi_secret")
-
-
 def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "statusCode": status,
@@ -149,36 +145,37 @@ def _mi_error(err: ProblemError) -> web.Response:
     return _error(status, code, message, headers=err.headers)
 
 
-async def msi_token(request: web.Request) -> web.Response:
-    """``GET /msi/token?resource=...&api-version=2019-08-01[&client_id=<agent>]``.
+def endpoints(services: ApiServices) -> list[Endpoint]:
+    """``GET /msi/token`` when the endpoint is enabled (it is absent, hence 404, otherwise)."""
+    settings = services.runtime.settings
+    if not settings.managed_identity_endpoint.enabled:
+        return []
+    secret = IdentityHeaderSecret(settings.managed_identity_endpoint)
+    gate = services.gate
 
-    The token comes from the same choke point as the header routes: the same agent
-    allow-list, the resource allow-list, never the token-exchange audience, and the cache-miss
-    limiter.
-    """
-    secret = request.app[MSI_SECRET]
-    if not secret.matches(request.headers.get(IDENTITY_HEADER)):
-        return _error(401, "unauthorized_client", f"the {IDENTITY_HEADER} header is missing or wrong")
-    try:
-        query = parse_query_string(request.rel_url.raw_query_string, Family.MSI)
-        token = await request.app[GATE].token(Route.MSI, None, query, caller=caller_context(request))
-    except ProblemError as err:
-        note_refusal(request, err)
-        return _mi_error(err)
-    agent = query.agent or request.app[RUNTIME].settings.managed_identity_endpoint.default_agent_identity
-    body = {
-        "access_token": token.value,
-        "expires_on": str(int(token.expires_at)),
-        "resource": query.resource,
-        "token_type": token.meta.get("token_type", "Bearer"),
-        "client_id": agent,
-    }
-    return web.Response(body=json.dumps(body).encode(), content_type="application/json", headers=NO_STORE)
+    async def msi_token(request: web.BaseRequest, _api: str | None) -> web.StreamResponse:
+        """``GET /msi/token?resource=...&api-version=2019-08-01[&client_id=<agent>]``.
 
+        The token comes from the same choke point as the header routes: the same agent
+        allow-list, the resource allow-list, never the token-exchange audience, and the cache-miss
+        limiter.
+        """
+        if not secret.matches(request.headers.get(IDENTITY_HEADER)):
+            return _error(401, "unauthorized_client", f"the {IDENTITY_HEADER} header is missing or wrong")
+        try:
+            query = parse_query_string(request.rel_url.raw_query_string, Family.MSI)
+            token = await gate.token(Route.MSI, None, query, caller=caller_context(request))
+        except ProblemError as err:
+            services.refusals.note(err, MSI_PATH)
+            return _mi_error(err)
+        agent = query.agent or services.runtime.settings.managed_identity_endpoint.default_agent_identity
+        body = {
+            "access_token": token.value,
+            "expires_on": str(int(token.expires_at)),
+            "resource": query.resource,
+            "token_type": token.meta.get("token_type", "Bearer"),
+            "client_id": agent,
+        }
+        return web.Response(body=json.dumps(body).encode(), content_type="application/json", headers=NO_STORE)
 
-def add_msi_routes(app: web.Application, config: ManagedIdentityEndpointConfig) -> None:
-    """Register ``/msi/token`` when the endpoint is enabled (it is absent, hence 404, otherwise)."""
-    if not config.enabled:
-        return
-    app[MSI_SECRET] = IdentityHeaderSecret(config)
-    app.router.add_get(MSI_PATH, msi_token, allow_head=False)
+    return [Endpoint("GET", MSI_PATH, msi_token)]

@@ -104,6 +104,17 @@ class ParsedQuery:
     resource: str | None = None  # /msi/token
     # The optionsOverride.* parameters given (canonical names), for the override policy.
     overrides: frozenset[str] = frozenset()
+    # The hash of the fields above, computed once (a parsed query is a memo key on every hit).
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.agent, self.username, self.user_object_id, self.scopes, self.request_app_token, self.tenant,
+                  self.force_refresh, self.claims, self.correlation_id, self.downstream, self.resource,
+                  self.overrides)  # fmt: skip
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def call_overrides(self) -> dict[str, str]:

@@ -48,6 +48,10 @@ class Route(Enum):
         self.authenticated = authenticated
         self.family = family
 
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own __hash__ is a
+    # Python call, and a route is part of the gate's memo key on every cache hit).
+    __hash__ = object.__hash__
+
 
 # -- scopes and resources -----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ STATUS_PHRASES = {
     408: "Request Timeout",
     413: "Payload Too Large",
     414: "URI Too Long",
+    417: "Expectation Failed",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -69,6 +70,7 @@ PROBLEM_TITLES = {
     "method-not-allowed": "HTTP method not allowed on this route",
     "body-too-large": "request body too large",
     "payload-too-large": "request body too large",  # aiohttp's own 413 (the ops app's body limit)
+    "expectation-failed": "unsupported Expect header",
     "too-long": "query string too long",
     "headers-too-large": "request headers too large",
     "too-many-concurrent-requests": "too many concurrent requests",

@@ -1,34 +1,98 @@
-"""HTTP-level errors (malformed request line, header too long, bad chunking...) as problem+json.
+"""The API listener's connections: what is known per connection, and HTTP-level errors as problem+json.
 
-aiohttp answers such requests itself, before any middleware, with text/plain and logs
-the parser's message, which can quote the offending bytes (a header value, a token).
-:class:`ProblemAppRunner` swaps in a request handler that answers problem+json and logs
-only the error's class name. It also applies ``Broker__Limits__*`` parser limits.
+:class:`ApiProtocol` is aiohttp's public per-connection protocol (``web.RequestHandler``, built
+with the same keyword arguments as the ``web.Server`` it serves) with two additions:
+
+* a :class:`Connection`, made once in ``connection_made``: the peer (its address, or the Unix
+  socket peer's uid), the caller key for per-caller limits, the local address for the ``Host``
+  check, and remembered verdicts (caller allowed, last ``Host`` value) tied to the settings they
+  were decided under, so a reload decides them again; on its first token request, the caller's
+  identity (:class:`~agent_token_broker.api.caller_context.CallerContext`: uid/gid/pid from
+  ``SO_PEERCRED`` or the socket table). Requests reach it as ``request.protocol.connection``.
+* HTTP-level errors (malformed request line, header too long, bad chunking...): aiohttp answers
+  those itself, before any handler, with text/plain and a log line that can quote the offending
+  bytes (a header value, a token). :meth:`ApiProtocol.handle_error` answers problem+json and
+  logs only the error's class name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_server import Server
 
+from agent_token_broker.api.guards import IPAddress, caller_allowed, parse_peer_ip, unix_peer
 from agent_token_broker.api.problems import problem_response
-from agent_token_broker.api.state import RUNTIME
+from agent_token_broker.settings.security import IPNetwork
+
+if TYPE_CHECKING:
+    from agent_token_broker.api.caller_context import CallerContext
 
 log = logging.getLogger("agent_token_broker.api")
 
 
-class ProblemRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with problem+json error pages and token-safe logging."""
+class Connection:
+    """One API connection, as decided when it opened (see the module docstring)."""
+
+    __slots__ = ("address", "caller", "caller_context", "host_for", "host_seen", "local", "seen", "unix", "verdict",
+                 "verdict_for")  # fmt: skip
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.unix = unix_peer(transport.get_extra_info("socket"))
+        self.address: IPAddress | None = None
+        self.local: str | None = None
+        if self.unix is not None:
+            self.caller = self.unix
+        else:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.address = parse_peer_ip(str(peer[0]))
+            self.caller = str(self.address) if self.address is not None else "unknown"
+            sockname = transport.get_extra_info("sockname")
+            if isinstance(sockname, tuple) and sockname:
+                self.local = str(sockname[0]).split("%", 1)[0]
+        # Verdicts remembered for the settings object they were decided under (identity).
+        self.verdict_for: object = None
+        self.verdict = False
+        # The last Host value allowed on this connection, and the settings it was allowed under.
+        self.host_for: object = None
+        self.host_seen: str | None = None
+        # What the front worked out from the last request target served on this connection (clients
+        # repeat theirs): pure functions of the target, kept by the front (see ApiFront.handle).
+        self.seen: Any = None
+        # The caller's identity (uid, gid, pid) and the Broker__Callers entry it matched: made on the
+        # connection's first token request (api/caller_context.py), then kept with the connection.
+        self.caller_context: CallerContext | None = None
+
+    def allowed(self, policy: object, networks: tuple[IPNetwork, ...]) -> bool:
+        """Loopback and Unix-socket peers always; others only inside ``networks`` (decided once per
+        ``policy``, the settings-derived object ``networks`` comes from)."""
+        if self.verdict_for is not policy:
+            self.verdict = self.unix is not None or caller_allowed(self.address, networks)
+            self.verdict_for = policy
+        return self.verdict
+
+
+class ApiProtocol(web.RequestHandler):
+    """aiohttp's connection handler with a :class:`Connection` and problem+json HTTP errors."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self.connection: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connection = Connection(transport)
+        super().connection_made(transport)
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
@@ -52,24 +116,7 @@ class ProblemRequestHandler(RequestHandler):
         return response
 
 
-class _ProblemServer(Server):
-    def __call__(self) -> RequestHandler:
-        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class ProblemAppRunner(web.AppRunner):
-    """``web.AppRunner`` for the API app: parser limits from settings, problem+json HTTP errors."""
-
-    async def _make_server(self) -> Server:
-        runtime = self._app.get(RUNTIME) if isinstance(self._app, web.Application) else None
-        if runtime is not None:
-            limits = runtime.settings.security.limits
-            extra: dict[str, Any] = {
-                "max_line_size": limits.max_request_line_bytes,
-                "max_field_size": limits.max_header_bytes,
-                "max_headers": limits.max_headers,
-            }
-            self._kwargs.update(extra)
-        server = await super()._make_server()
-        server.__class__ = _ProblemServer  # same state; only the handler class differs
-        return server
+def protocol_factory(server: web.Server, **kwargs: Any) -> Callable[[], ApiProtocol]:
+    """Connections of ``server`` (a ``web.Server`` built with the same ``kwargs``) as :class:`ApiProtocol`."""
+    loop = asyncio.get_running_loop()
+    return lambda: ApiProtocol(server, loop=loop, **kwargs)

@@ -6,31 +6,91 @@ The cache knows nothing of Entra: an acquire function is any
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
 
 __all__ = ["AcquireError", "CachedToken"]
 
 
-@dataclass(frozen=True, slots=True)
+_NO_META: Mapping[str, str] = MappingProxyType({})
+_ANSWER_HEAD = '{"authorizationHeader":"'
+
+
 class CachedToken:
-    """An access token and its times, all on the cache's clock (epoch seconds).
+    """An access token and its times, all on the cache's clock (epoch seconds). Immutable.
 
     ``value`` is the secret: it is never part of ``repr()``/``str()``.
     ``refresh_at`` is the server's ``refresh_in`` hint turned into an epoch time.
     ``meta`` holds non-secret facts (``token_type``, ``scope``...).
+
+    ``answer`` is the header routes' success body, ``{"authorizationHeader":"<type> <value>"}``,
+    rendered once when the token is made (a hot key answers the same token many times) and
+    dropped with it. It is the one copy of the token's bytes: ``value`` is read back out of it
+    (a token that JSON would escape, never a JWT, also keeps its own copy).
     """
 
-    value: str
+    __slots__ = ("_start", "_value", "acquired_at", "answer", "expires_at", "meta", "refresh_at")
+
+    _start: int
+    _value: str | None
+    answer: bytes
     expires_at: float
     acquired_at: float
-    refresh_at: float | None = None
-    meta: Mapping[str, str] = field(default_factory=dict)
+    refresh_at: float | None
+    meta: Mapping[str, str]
+
+    def __init__(
+        self,
+        value: str,
+        expires_at: float,
+        acquired_at: float,
+        refresh_at: float | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        meta = _NO_META if meta is None else meta
+        token_type = meta.get("token_type", "Bearer")
+        plain = f"{token_type} {value}"
+        quoted = json.dumps(plain)
+        setattr_ = object.__setattr__
+        setattr_(self, "answer", ('{"authorizationHeader":' + quoted + "}").encode())
+        if quoted[1:-1] == plain:  # nothing escaped: the value's bytes are in the answer as they are
+            setattr_(self, "_value", None)
+            setattr_(self, "_start", len(_ANSWER_HEAD) + len(token_type) + 1)
+        else:
+            setattr_(self, "_value", value)
+            setattr_(self, "_start", 0)
+        setattr_(self, "expires_at", expires_at)
+        setattr_(self, "acquired_at", acquired_at)
+        setattr_(self, "refresh_at", refresh_at)
+        setattr_(self, "meta", meta)
+
+    @property
+    def value(self) -> str:
+        """The access token (read out of :attr:`answer`)."""
+        if self._value is not None:
+            return self._value
+        return self.answer[self._start : -2].decode("ascii")
 
     @property
     def lifetime(self) -> float:
         """Seconds between acquisition and expiry (never negative)."""
         return max(0.0, self.expires_at - self.acquired_at)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"CachedToken is immutable (cannot set {name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"CachedToken is immutable (cannot delete {name})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CachedToken):
+            return NotImplemented
+        return (self.answer, self.expires_at, self.acquired_at, self.refresh_at, dict(self.meta)) == (
+            other.answer, other.expires_at, other.acquired_at, other.refresh_at, dict(other.meta),
+        )  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, mutable-looking meta: unhashable, as before
 
     def __repr__(self) -> str:
         return (

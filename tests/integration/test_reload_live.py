@@ -11,8 +11,6 @@ from dataclasses import replace
 
 import aiohttp
 
-from agent_token_broker.api.guards import guard_state
-from agent_token_broker.api.state import GATE
 from agent_token_broker.reload import APPLIED, RESTART_REQUIRED, UNCHANGED
 from agent_token_broker.server import RunningBroker
 from agent_token_broker.settings import CaseInsensitiveMapping
@@ -42,7 +40,8 @@ async def test_a_narrowed_allow_list_refuses_a_remembered_request_and_keeps_the_
         first = await _token(http, broker, one)
         await _token(http, broker, two)
         assert await _token(http, broker, two)  # a cache hit through the remembered decision
-        gate = broker.runners[0].app[GATE]
+        assert broker.api is not None
+        gate = broker.api.gate
         assert gate.memo_bytes > 0  # both decisions remembered
         seq = last_seq(admin)
 
@@ -103,7 +102,8 @@ async def test_guards_limits_and_override_flags_follow_a_reload(
         header = {"X-Token-Broker-Request": "true"}
         status, body, _ = await get(http, broker, path + "&x=" + "a" * 300, headers=header)
         assert status == 414, body
-        state = guard_state(broker.runners[0].app)
+        state = broker.api
+        assert state is not None
         assert state.deadlines.limit == 12.0 and state.in_flight._max_total == 7
         # The override is allowed now; the per-agent miss bucket holds one: a second cold key is 429
         # (refused before any upstream call).

@@ -1,7 +1,7 @@
 """Smoke run of the benchmark harness (``python -m loadtests.bench --smoke``): it works and writes results.
 
-No speed thresholds. Needs wrk and nginx (Debian packages): FAILS when they are missing and
-running as root (CI installs them), skips loudly otherwise.
+No speed thresholds. Needs wrk, nginx and h2load (Debian packages wrk, nginx, nghttp2-client):
+FAILS when they are missing and running as root (CI installs them), skips loudly otherwise.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ def _have(binary: str) -> bool:
 
 
 def _require_tools() -> None:
-    missing = [b for b in ("wrk", "nginx") if not _have(b)]
+    packages = {"wrk": "wrk", "nginx": "nginx", "h2load": "nghttp2-client"}
+    missing = [b for b in packages if not _have(b)]
     if not missing:
         return
-    message = f"{', '.join(missing)} missing: apt-get install -y {' '.join(missing)}"
+    message = f"{', '.join(missing)} missing: apt-get install -y {' '.join(packages[b] for b in missing)}"
     if os.geteuid() == 0:
         pytest.fail(message + " (running as root, as CI does: these must be installed)")
     pytest.skip("LOAD TEST SMOKE SKIPPED: " + message)
@@ -57,7 +58,8 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         assert result["machine"]["nproc"] >= 1
     hot = by_scenario["hot"]
     targets = {row["target"] for row in hot["table"]}
-    assert {"aiohttp", "nginx", "broker"} <= targets
+    assert {"aiohttp", "aiohttp web.Server", "nginx", "broker"} <= targets
+    assert any(t.startswith("broker at 2000 req/s") for t in targets), targets  # the paced (h2load) run
     assert all(row["req/s median"] > 0 for row in hot["table"])
     assert hot["ratios"]["broker_vs_aiohttp"]["n"] == 1
     assert hot["msal_in_process"]["us_per_call_median"] > 0

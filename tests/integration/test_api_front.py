@@ -1,0 +1,132 @@
+"""The API front (aiohttp's low-level server, one handler): the cache hit answered in place is the
+same answer the gate gives, dispatch is exact (404/405 as before), what a connection decides once
+is decided again when it must, and Expect: 100-continue comes only after the guards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from agent_token_broker.api.params import Family, parse_query_string
+from agent_token_broker.api.policy import Route
+from agent_token_broker.server import RunningBroker
+from entra_emulator import demo
+from entra_emulator.runner import EmulatorAdmin
+from tests.integration.helpers import get
+from tests.integration.security_helpers import host_port
+
+A1 = demo.AGENT_1_ID
+QUERY = f"AgentIdentity={A1}"
+TOKEN_PATH = f"/AuthorizationHeaderUnauthenticated/graph?{QUERY}"
+
+
+async def _exchange(broker: RunningBroker, requests: list[bytes], *, timeout: float = 10.0) -> list[tuple[int, bytes, bytes]]:
+    """Send each request on one keep-alive connection; (status, head, body) of each answer,
+    interim 1xx answers included."""
+    host, port = host_port(broker)
+    answers: list[tuple[int, bytes, bytes]] = []
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for data in requests:
+                writer.write(data)
+                await writer.drain()
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status = int(head.split(b" ", 2)[1])
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    head_only = data.startswith(b"HEAD ")  # Content-Length of the body not sent
+                    body = await reader.readexactly(length) if length and not head_only else b""
+                    answers.append((status, head, body))
+                    if status >= 200:
+                        break
+        finally:
+            writer.close()
+    return answers
+
+
+def _get(target: str, host: str = "127.0.0.1", extra: str = "") -> bytes:
+    return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+async def test_the_hit_answered_in_place_is_the_gates_answer(
+    broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    assert broker.api is not None
+    gate = broker.api.gate
+    query = parse_query_string(QUERY, Family.HEADER)
+    assert gate.hit(Route.HEADER_UNAUTH, "graph", query) is None  # nothing decided yet
+    first = await _exchange(broker, [_get(TOKEN_PATH)])  # decided and acquired by the handler
+    token = gate.hit(Route.HEADER_UNAUTH, "graph", query)
+    assert token is not None and token is await gate.token(Route.HEADER_UNAUTH, "GRAPH", query)
+    hits = await _exchange(broker, [_get(TOKEN_PATH), _get(TOKEN_PATH.replace("graph", "Graph"))])
+    for status, head, body in (*first, *hits):
+        assert status == 200
+        assert body == token.answer
+        assert json.loads(body) == {"authorizationHeader": f"Bearer {token.value}"}
+        assert b"X-Request-Id: " in head and b"Cache-Control: no-cache, no-store, must-revalidate" in head
+    ids = {line for _, head, _ in hits for line in head.split(b"\r\n") if line.startswith(b"X-Request-Id")}
+    assert len(ids) == 2  # one request id per request
+
+
+async def test_routes_are_exact_and_methods_are_405_as_before(broker: RunningBroker, admin: EmulatorAdmin) -> None:
+    answers = await _exchange(
+        broker,
+        [
+            b"HEAD " + TOKEN_PATH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"POST /AuthorizationHeader/graph HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /DownstreamApi/graph HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            _get("/AuthorizationHeaderUnauthenticated"),
+            _get("/authorizationheaderunauthenticated/graph"),
+            _get("/nope/graph"),
+        ],
+    )
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [405, 405, 405, 404, 404, 404]
+    assert b"Allow: GET\r\n" in answers[0][1] and b"Allow: GET\r\n" in answers[1][1]
+    assert b"Allow: POST\r\n" in answers[2][1]
+    for _, head, body in answers[1:]:
+        assert b"application/problem+json" in head
+        assert json.loads(body)["type"].endswith(("not-found", "method-not-allowed"))
+
+
+async def test_a_connection_checks_every_host_it_is_sent(broker: RunningBroker, admin: EmulatorAdmin) -> None:
+    answers = await _exchange(
+        broker, [_get(TOKEN_PATH), _get(TOKEN_PATH, host="evil.example"), _get(TOKEN_PATH, host="localhost:1")]
+    )
+    assert [status for status, _, _ in answers] == [200, 403, 200]
+    assert json.loads(answers[1][2])["type"].endswith("host-not-allowed")
+
+
+async def test_expect_100_continue_comes_after_the_guards(
+    broker: RunningBroker, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    post = "POST /DownstreamApiUnauthenticated/graph?{q} HTTP/1.1\r\nHost: {h}\r\nExpect: {e}\r\n"
+    post += "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    # Refused by a guard: no invitation to send the body.
+    [(status, head, _)] = await _exchange(broker, [post.format(q=QUERY, h="evil.example", e="100-continue").encode()])
+    assert status == 403 and b"100 Continue" not in head
+    # Unsupported expectation (after the guards): 417 problem.
+    [(status, head, body)] = await _exchange(broker, [post.format(q=QUERY, h="127.0.0.1", e="fancy").encode()])
+    assert status == 417 and json.loads(body)["type"].endswith("expectation-failed")
+    # Accepted: 100 Continue, then (the body sent) the route's own answer (graph has no BaseUrl here: 400).
+    host, port = host_port(broker)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(post.format(q=QUERY, h="127.0.0.1", e="100-continue").encode())
+            interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"{}")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"problem+json" in head
+    finally:
+        writer.close()
+    status, _, _ = await get(http, broker, TOKEN_PATH)
+    assert status == 200

@@ -55,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-budget", type=float, default=300.0, help="max seconds warming keys per scenario")
     p.add_argument("--smoke", action="store_true", help="tiny, fast run of a few scenarios (CI; <= 60 s)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default loadtests/results)")
+    p.add_argument("--tag", default="", help="added to the result files' names (<date>-<tag>-<scenario>.json)")
     return p.parse_args(argv)
 
 
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_tool("nginx", "nginx")
     ensure_tool("h2load", "nghttp2-client")
     command = "python -m loadtests.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    stamp = dt.date.today().isoformat() + ("-smoke" if opts.smoke else "")
+    stamp = dt.date.today().isoformat() + (f"-{args.tag}" if args.tag else "") + ("-smoke" if opts.smoke else "")
     machine = machine_info()
     results: list[dict[str, Any]] = []
     failed = False

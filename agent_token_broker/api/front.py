@@ -16,9 +16,10 @@ table of exact paths (``/Validate``) and of path prefixes before one ``/{api}`` 
 8. concurrency, per caller and in total (:class:`~agent_token_broker.api.limits.InFlight`);
 9. no such route (404) or method (405);
 10. the endpoint. A cache hit of ``/AuthorizationHeaderUnauthenticated/{api}`` is answered right
-    here, in the same function: the query parsed (memoised), the gate's remembered decision and
-    the cache's fresh token (:meth:`~agent_token_broker.api.gate.TokenGate.hit`), the token's
-    pre-rendered answer. It awaits nothing, so nothing else runs while it is "in flight" and no
+    here, in the same function: the query parsed (memoised), then
+    :meth:`~agent_token_broker.api.gate.TokenGate.hit` (the gate's remembered decision, the
+    caller's own policy, the cache's fresh token, the hit counted for the audit trail), then the
+    token's pre-rendered answer. It awaits nothing, so nothing else runs while it is "in flight" and no
     deadline can expire: step 8 only checks, and no deadline is registered. Anything else (a
     miss, another route) enters the in-flight count and the request deadline
     (:class:`~agent_token_broker.api.deadlines.Deadlines`, 503 ``request-timeout``) and awaits the

@@ -61,9 +61,9 @@ async def test_the_hit_answered_in_place_is_the_gates_answer(
     assert broker.api is not None
     gate = broker.api.gate
     query = parse_query_string(QUERY, Family.HEADER)
-    assert gate.hit(Route.HEADER_UNAUTH, "graph", query) is None  # nothing decided yet
+    assert gate.hit(Route.HEADER_UNAUTH, "graph", query, None) is None  # nothing decided yet
     first = await _exchange(broker, [_get(TOKEN_PATH)])  # decided and acquired by the handler
-    token = gate.hit(Route.HEADER_UNAUTH, "graph", query)
+    token = gate.hit(Route.HEADER_UNAUTH, "graph", query, None)
     assert token is not None and token is await gate.token(Route.HEADER_UNAUTH, "GRAPH", query)
     hits = await _exchange(broker, [_get(TOKEN_PATH), _get(TOKEN_PATH.replace("graph", "Graph"))])
     for status, head, body in (*first, *hits):

@@ -39,7 +39,7 @@ from agent_token_broker.api.params import Family, ParsedQuery
 from agent_token_broker.api.policy import Route
 from agent_token_broker.api.problems import ProblemError, retry_after_header
 from agent_token_broker.audit import Outcome, decision_record
-from agent_token_broker.audit.record import hit_key
+from agent_token_broker.audit.record import HitKey, hit_key
 from agent_token_broker.cache.engine import LOOKUP
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.logs import REQUEST_ID
@@ -338,21 +338,31 @@ class TokenGate:
         self, route: Route, api: str | None, query: ParsedQuery, caller: CallerContext | None
     ) -> CachedToken | None:
         """The hot path of :meth:`token` for a route without a bearer token: a remembered decision,
-        already allowed for this connection's caller under the caller table in force, and a fresh
-        cached token; the hit is counted for the audit trail. Awaits nothing. None: take the full
-        path (it decides, checks the caller, records, or admits the miss and acquires)."""
-        decision = self._memo.get((route, api.lower() if api is not None else None, query))
+        allowed for this connection's caller under the caller table in force (checked once per
+        connection and decision: the connection keeps its last allowed decision and its audit hit
+        key), and a fresh cached token; the hit is counted for the audit trail. Awaits nothing.
+        The API front answers cache hits with it. None: take the full path (it decides, refuses
+        and audits a refusal, writes a line per hit when asked to, or admits the miss and acquires)."""
+        decision = self._memo.get((route, api.lower() if api is not None else None, query, None))
         if decision is None or not decision.plain:
             return None
         audit = self._audit
         if audit is not None and audit.every_hit:
             return None  # a line per hit: the full path writes it
-        if caller is not None:
-            if caller.allowed is not decision or caller.table is not self._table:
-                return None
+        key: HitKey | None
+        if caller is None:
+            key = hit_key(caller_policy.OTHER, None, decision.request, api)
+        elif caller.allowed is decision and caller.table is self._table:
             key = caller.hit_key
         else:
-            key = hit_key(caller_policy.OTHER, None, decision.request, api)
+            rule = self.caller_rule(caller)  # once per connection and caller table
+            if self._table.active:
+                try:
+                    caller_policy.check(self._table, rule, caller.identity, api, decision.request)
+                except ProblemError:
+                    return None  # the full path refuses it again, and audits the refusal
+            key = hit_key(caller.label, caller.identity, decision.request, api)
+            caller.allowed, caller.hit_key = decision, key
         token = self._cache.peek(decision.key)
         if token is not None and audit is not None and audit.counting and key is not None:
             audit.hit(key)
@@ -432,33 +442,6 @@ class TokenGate:
         token = await self.obtain(decision, challenge, note)
         if remembered is None:
             self._remember(memo_key, decision)
-        return token
-
-    def hit(self, route: Route, api: str, query: ParsedQuery, caller: CallerContext | None) -> CachedToken | None:
-        """The cache-hit path of :meth:`token` for a route without a bearer token, without awaiting:
-        the remembered decision for this request, the caller's own policy, the fresh cached token
-        (the same memo, the same checks and the same :meth:`TokenCache.peek` as :meth:`token`) and
-        the hit counted in the audit trail as :meth:`token` counts it. ``None``: call :meth:`token`
-        (it decides, refuses and audits the refusal, writes a line per hit when asked to, or admits
-        the miss and acquires)."""
-        decision = self._memo.get((route, api.lower(), query, None))
-        if decision is None or not decision.plain:
-            return None
-        audit = self._audit
-        if audit is not None and audit.every_hit:
-            return None  # a line per hit: token() writes it with the hit's latency
-        if caller is not None and self._table.active:
-            rule = self.caller_rule(caller)
-            try:
-                caller_policy.check(self._table, rule, caller.identity, api, decision.request)
-            except ProblemError:
-                return None  # token() refuses it again, and audits the refusal
-        token = self._cache.peek(decision.key)
-        if token is None:
-            return None
-        if audit is not None and audit.counting:
-            label = caller.label if caller is not None else caller_policy.OTHER
-            audit.hit(hit_key(label, caller.identity if caller is not None else None, decision.request, api))
         return token
 
     def _remember(self, memo_key: MemoKey, decision: Decision) -> None:

@@ -12,7 +12,10 @@ Why our own client instead of MSAL's default:
   per worker thread (:func:`call_state`), because MSAL returns a 429/4xx body as a plain
   dict and loses them. A call made while another is running on the thread (the managed
   identity's token, fetched as the blueprint's assertion) runs in a
-  :func:`nested_call_state` so it neither reads nor overwrites the outer call's.
+  :func:`nested_call_state` so it neither reads nor overwrites the outer call's;
+* Entra's refusal of a discovery request (an unknown tenant: HTTP 400, AADSTS90002) is kept
+  as its JSON body (:attr:`CallState.refusal`), because MSAL turns it into a ``ValueError``
+  whose text is all that is left of it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class CallState:
     status: int | None = None
     retry_after: float | None = None
     response_correlation_id: str | None = None
+    refusal: dict[str, Any] | None = None  # Entra's error body of a refused discovery request
 
     def reset(self, *, assertion: str | None = None, correlation_id: str | None = None) -> None:
         self.assertion = assertion
@@ -49,6 +53,7 @@ class CallState:
         self.status = None
         self.retry_after = None
         self.response_correlation_id = None
+        self.refusal = None
 
 
 class _Local(threading.local):
@@ -189,6 +194,10 @@ class UpstreamHttp:
         if 200 <= resp.status_code < 300:
             with self._lock:
                 discovery[key] = resp
+            return resp
+        self._record(resp)
+        if 400 <= resp.status_code < 500:
+            call_state().refusal = _error_body(resp)
         return resp
 
     @staticmethod
@@ -200,3 +209,12 @@ class UpstreamHttp:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _error_body(resp: requests.Response) -> dict[str, Any] | None:
+    """An OAuth error body (a JSON object with ``error``), else ``None``."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and isinstance(body.get("error"), str) else None

@@ -31,6 +31,24 @@ def invalid_request(code: int, description: str) -> EntraError:
     return EntraError(code, "invalid_request", description)
 
 
+EMPTY_TENANT = "00000000-0000-0000-0000-000000000000"
+
+
+def tenant_not_found(tenant: str, error: str) -> EntraError:
+    """Entra's answer for a tenant (GUID or domain) that does not exist: HTTP 400, AADSTS90002,
+    ``invalid_tenant`` from discovery and JWKS, ``invalid_request`` from the token endpoint. The
+    identifier is echoed as the request spelt it."""
+    if tenant == EMPTY_TENANT:
+        text = f"Requested tenant identifier '{tenant}' is not valid. Tenant identifiers may not be an empty GUID."
+    else:
+        text = (
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing "
+            "into the correct cloud. Check with your subscription administrator, this may happen if there are "
+            "no active subscriptions for the tenant."
+        )
+    return EntraError(90002, error, text)
+
+
 def missing_param(name: str) -> EntraError:
     return invalid_request(900144, f"The request body must contain the following parameter: '{name}'.")
 

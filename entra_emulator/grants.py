@@ -28,6 +28,7 @@ from entra_emulator.errors import (
     invalid_grant,
     invalid_request,
     missing_param,
+    tenant_not_found,
 )
 from entra_emulator.scopes import (
     DelegatedScopes,
@@ -95,6 +96,8 @@ def handle_token(
     leg = classify(state, form)
     client_id, fmi_path = form.get("client_id"), form.get("fmi_path")
     try:
+        if tenant.lower() not in state.directory.tenants:
+            raise tenant_not_found(tenant, "invalid_request")
         body = _dispatch(state, tenant.lower(), form)
         return TokenResult(200, body, leg, client_id, fmi_path)
     except EntraError as err:
@@ -103,10 +106,6 @@ def handle_token(
 
 
 def _dispatch(state: EmulatorState, tenant: str, form: Mapping[str, str]) -> dict[str, Any]:
-    if tenant not in state.directory.tenants:
-        raise invalid_request(
-            90002, f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
-        )
     gt = form.get("grant_type")
     if not gt:
         raise missing_param("grant_type")

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from entra_emulator.admin import add_admin_routes
 from entra_emulator.demo_api import add_demo_api_routes
-from entra_emulator.errors import EntraError, error_body
+from entra_emulator.errors import error_body, tenant_not_found
 from entra_emulator.faultio import apply_faults
 from entra_emulator.grants import classify, handle_token
 from entra_emulator.mi import add_mi_routes
@@ -30,9 +30,8 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
     )
 
 
-def _unknown_tenant(state: EmulatorState, tenant: str, request: web.Request) -> web.Response:
-    err = EntraError(90002, "invalid_tenant", f"Tenant '{tenant}' not found. Check to make sure you have the "
-                     "correct tenant ID and are signing into the correct cloud.")
+def _unknown_tenant(state: EmulatorState, request: web.Request) -> web.Response:
+    err = tenant_not_found(request.match_info["tenant"], "invalid_tenant")
     return _json(error_body(err, state.base_url, request.headers.get("client-request-id")), 400)
 
 
@@ -76,7 +75,7 @@ async def discovery(request: web.Request) -> web.StreamResponse:
         return resp
     if tenant not in state.directory.tenants:
         state.log.record("discovery", "other", None, None, 400, 90002, fault)
-        return _unknown_tenant(state, tenant, request)
+        return _unknown_tenant(state, request)
     state.log.record("discovery", "other", None, None, 200, None, fault)
     return _json(discovery_document(state, tenant), headers={"Cache-Control": "max-age=86400, private"})
 
@@ -90,7 +89,7 @@ async def jwks(request: web.Request) -> web.StreamResponse:
         return resp
     if tenant not in state.directory.tenants:
         state.log.record("jwks", "other", None, None, 400, 90002, fault)
-        return _unknown_tenant(state, tenant, request)
+        return _unknown_tenant(state, request)
     state.log.record("jwks", "other", None, None, 200, None, fault)
     return _json(state.keys.jwks())
 

@@ -6,7 +6,10 @@ Entra sends AADSTS50196 with HTTP 400). Definitive: every other refusal. A
 definitive refusal revokes an identity (``evict_tags``) only when it is about
 the identity itself; which refusals those are, per AADSTS code and with the
 reason for each, is the table in :mod:`agent_token_broker.entra.revocation`.
-Everything else belongs to the request's own cache key.
+Everything else belongs to the request's own cache key. Entra's refusal of the authority's
+discovery (AADSTS90002, a tenant that does not exist) is classified like a token endpoint's:
+the legs pass its body (kept by :mod:`agent_token_broker.msal_http`) instead of MSAL's
+``ValueError``.
 """
 
 from __future__ import annotations

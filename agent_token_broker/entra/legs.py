@@ -153,7 +153,11 @@ class EntraLegs:
             except Exception as exc:
                 if state.status is not None:
                     self.authority_ok = True
-                raise errors.from_exception(exc, state) from None
+                if state.refusal is None:
+                    raise errors.from_exception(exc, state) from None
+                # Entra refused the authority's discovery (AADSTS90002: the tenant does not
+                # exist): its answer, classified like a token endpoint's, not MSAL's ValueError.
+                result = state.refusal
             if state.status is not None and state.status < 500:
                 self.authority_ok = True
             if not result or "access_token" not in result:

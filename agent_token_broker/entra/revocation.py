@@ -50,6 +50,9 @@ AADSTS     Entra's meaning                      decision (and why)
                                                 never a kill switch.
 500011     resource principal not found         **key only**: about the requested resource (a caller's
                                                 scope, an ``/msi/token`` resource).
+90002      tenant not found                     **key only**: the tenant a caller's override named does
+                                                not exist (Entra refuses the authority's discovery, or
+                                                the token request, for it); not an outage either.
 (other)    anything else, incl. ``invalid_      **key only**: unknown means request-scoped. A wrong
            client``/``unauthorized_client``     revocation is a denial of service for every caller of the
            without a listed code, 70011,        identity; a missed one costs one refusal per key at its

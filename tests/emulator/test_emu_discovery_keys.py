@@ -23,12 +23,32 @@ def test_discovery_document(emulator: EmulatorServer, admin: EmulatorAdmin) -> N
     assert admin.counts()["other"] == 1
 
 
-def test_discovery_unknown_tenant(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
-    url = f"{emulator.url}/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration"
-    resp = requests.get(url, verify=str(emulator.ca_path), timeout=10)
-    assert resp.status_code == 400
-    assert resp.json()["error_codes"] == [90002]
-    assert resp.json()["error_description"].startswith("AADSTS90002: ")
+@pytest.mark.parametrize(
+    ("tenant", "text"),
+    [
+        ("11111111-2222-3333-4444-555555555555", "Tenant '11111111-2222-3333-4444-555555555555' not found. "),
+        ("No-Such-Tenant.onmicrosoft.com", "Tenant 'No-Such-Tenant.onmicrosoft.com' not found. "),
+        ("00000000-0000-0000-0000-000000000000", "Requested tenant identifier '00000000-0000-0000-0000-000000000000'"
+         " is not valid. Tenant identifiers may not be an empty GUID."),
+    ],
+)  # fmt: skip
+def test_an_unknown_tenant_is_refused_as_entra_does(
+    emulator: EmulatorServer, admin: EmulatorAdmin, tenant: str, text: str
+) -> None:
+    """Entra answers a tenant GUID or domain it does not know with HTTP 400 and AADSTS90002:
+    ``invalid_tenant`` from discovery, ``invalid_request`` from the token endpoint; the
+    identifier is echoed as spelt."""
+    url = f"{emulator.url}/{tenant}/v2.0/.well-known/openid-configuration"
+    discovery = requests.get(url, verify=str(emulator.ca_path), timeout=10)
+    form = {"grant_type": "client_credentials", "client_id": demo.BLUEPRINT_APP_ID, "scope": GRAPH_DEFAULT,
+            "client_secret": demo.BLUEPRINT_SECRET}  # fmt: skip
+    token = requests.post(f"{emulator.url}/{tenant}/oauth2/v2.0/token", data=form, verify=str(emulator.ca_path),
+                          timeout=10)  # fmt: skip
+    for resp, error in ((discovery, "invalid_tenant"), (token, "invalid_request")):
+        assert resp.status_code == 400
+        body = resp.json()
+        assert (body["error"], body["error_codes"]) == (error, [90002])
+        assert body["error_description"].startswith(f"AADSTS90002: {text}"), body["error_description"]
 
 
 def test_jwks_has_two_rsa_keys_and_tokens_use_the_active_one(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:

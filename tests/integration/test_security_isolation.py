@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -119,17 +120,26 @@ async def assert_victims_untouched(s: Setup, victims: Victims) -> None:
     assert requests_since(s.admin, seq) == []
 
 
-async def trigger(s: Setup, url: str, headers: dict[str, str], *, status: int, code: str) -> Reply:
-    """Fire the trigger: its own 4xx from the authority; its repeat answered from the negative cache."""
+def _upstream_since(admin: EmulatorAdmin, seq: int, endpoint: str) -> list[dict[str, Any]]:
+    if endpoint == "token":
+        return requests_since(admin, seq)
+    return list(admin.log(since=seq)["requests"])  # every endpoint: discovery, JWKS and token
+
+
+async def trigger(
+    s: Setup, url: str, headers: dict[str, str], *, status: int, code: str, endpoint: str = "token"
+) -> Reply:
+    """Fire the trigger: its own 4xx from the authority (at ``endpoint``); its repeat answered
+    from the negative cache."""
     seq = last_seq(s.admin)
     reply = await fetch(s.session, url, headers=headers)
     assert reply.status == status, reply.body
-    refused = [e for e in requests_since(s.admin, seq) if e["error_code"]]
+    refused = [e for e in _upstream_since(s.admin, seq, endpoint) if e["endpoint"] == endpoint and e["error_code"]]
     assert refused and f"AADSTS{refused[-1]['error_code']}" == code  # Entra said it, not the broker
     seq = last_seq(s.admin)
     again = await fetch(s.session, url, headers=headers)
     assert (again.status, _stable(again.body)) == (reply.status, _stable(reply.body))
-    assert requests_since(s.admin, seq) == []  # negative cache: no upstream call
+    assert _upstream_since(s.admin, seq, endpoint) == []  # negative cache: no upstream call
     return reply
 
 
@@ -172,6 +182,31 @@ async def test_tenant_override_refusal_700016_stays_on_its_key(setup: Setup, cap
     assert select(requests_since(s.admin, seq), leg="t1", fmi_path=A2)
     assert await revocations_counted(s) == 0
     assert not [r for r in caplog.records if "revoking" in r.getMessage()]
+
+
+@pytest.mark.parametrize("tenant", ["3f0c6c5e-9d1a-4b7e-8c2f-5a4d3e2b1c0a", "no-such-tenant.onmicrosoft.com"])
+async def test_tenant_override_naming_no_tenant_90002_is_refused_on_its_key(setup: Setup, tenant: str) -> None:
+    """A tenant override naming a tenant that does not exist (a GUID or a domain): Entra refuses
+    the authority's discovery with AADSTS90002. That is the request's own refusal (a 4xx naming
+    the tenant, no Retry-After), remembered for its key, never a revocation, and not an outage."""
+    s = setup
+    victims = await warm(s)
+    url = s.url(f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.AcquireTokenOptions.Tenant={tenant}")
+    reply = await trigger(s, url, s.bearer(), status=401, code="AADSTS90002", endpoint="discovery")
+    _problem(reply, "AADSTS90002")
+    assert f"Tenant '{tenant}' not found" in reply.body["detail"], reply.body
+    assert "Retry-After" not in reply.headers
+    await assert_victims_untouched(s, victims)
+    # The blueprint's own request for that tenant is its own key: refused by Entra, not from A1's record.
+    seq = last_seq(s.admin)
+    blueprint = await fetch(s.session, s.url(f"{AUTH}/graph?optionsOverride.AcquireTokenOptions.Tenant={tenant}"),
+                            headers=s.bearer())  # fmt: skip
+    assert blueprint.status == 401 and blueprint.body["errorCode"] == "AADSTS90002", blueprint.body
+    assert [e["error_code"] for e in _upstream_since(s.admin, seq, "discovery")] == [90002]
+    assert await revocations_counted(s) == 0
+    assert s.broker.ops_url is not None
+    async with s.session.get(s.broker.ops_url + "/readyz") as ready:  # the authority answered: still ready
+        assert ready.status == 200, await ready.text()
 
 
 async def test_unknown_resource_500011_for_an_agent_stays_on_its_key(setup: Setup) -> None:

@@ -87,6 +87,8 @@ CASES = [
      "agent", HOME, None),
     (500011, f"AADSTS500011: The resource principal named api://{BP} was not found in the tenant.",
      "blueprint", HOME, None),
+    (90002, f"AADSTS90002: Tenant '{OTHER}' not found. Check to make sure you have the correct tenant ID.", "t1",
+     OTHER, None),
     (70011, "AADSTS70011: The provided value for the input parameter 'scope' is not valid.", "agent", HOME, None),
     (50076, "AADSTS50076: Due to a configuration change made by your administrator...", "agent", HOME, None),
     (None, "invalid_client", "blueprint", HOME, None),

@@ -1,6 +1,7 @@
-"""The audit schema of docs/audit.md against the lines a real broker writes for every flow
-(app, blueprint app, /msi/token, OBO, agent OBO, agent user by object id and by UPN) and every
-outcome (issued, hit, aggregated hits, policy refusal, caller refusal, Entra refusal, remembered
+"""The audit schema of docs/audit.md against the lines a real broker writes for every token
+route (the header routes, /DownstreamApi, /DownstreamApiUnauthenticated, /msi/token), every flow
+(app, blueprint app, OBO, agent OBO, agent user by object id and by UPN) and every outcome
+(issued, hit, aggregated hits, policy refusal, caller refusal, Entra refusal, remembered
 refusal, authority unavailable, invalid bearer token)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import aiohttp
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.conftest import BrokerFactory
+from tests.integration.downstream_server import Downstream, api_keys, call
 from tests.integration.helpers import get
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
@@ -83,7 +85,11 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_every_flow_and_outcome_matches_the_documented_schema(
-    broker_factory: BrokerFactory, admin: EmulatorAdmin, http: aiohttp.ClientSession, tmp_path: Path
+    broker_factory: BrokerFactory,
+    admin: EmulatorAdmin,
+    http: aiohttp.ClientSession,
+    downstream: Downstream,
+    tmp_path: Path,
 ) -> None:
     schema = documented()
     user = admin.user_token(demo.DEMO_USER_UPN)
@@ -98,7 +104,7 @@ async def test_every_flow_and_outcome_matches_the_documented_schema(
     async with broker_factory(
         Broker__Audit__File=str(every), Broker__Audit__Hits="every", Broker__Audit__IncludeUpn="true",
         Broker__AllowedAgentIdentities__0=A1, Broker__AllowedAgentIdentities__1=A2,
-        Broker__AllowedAgentIdentities__2=UNKNOWN_AGENT, **msi,
+        Broker__AllowedAgentIdentities__2=UNKNOWN_AGENT, **msi, **api_keys(downstream),
     ) as broker:  # fmt: skip
         expect = [
             (f"{UNAUTH}?AgentIdentity={A1}", None, 200),  # agent app, miss
@@ -115,6 +121,15 @@ async def test_every_flow_and_outcome_matches_the_documented_schema(
         ]
         for path, token, status in expect:
             got, body, _ = await get(http, broker, path, token=token)
+            assert got == status, (path, body)
+        # The /DownstreamApi routes go through the same gate ("down" asks for Graph's scope).
+        for path, token, status in [
+            (f"/DownstreamApiUnauthenticated/down?AgentIdentity={A2}", None, 200),  # agent app, miss
+            (f"/DownstreamApi/down?AgentIdentity={A1}", user, 200),  # agent OBO, hit
+            (f"/DownstreamApiUnauthenticated/down?AgentIdentity={UNKNOWN_AGENT}", None, 401),  # remembered
+            (f"/DownstreamApi/down?AgentIdentity={A1}", user[:-6] + "AAAAAA", 401),  # bad bearer
+        ]:
+            got, body = await call(http, broker, path, token=token)
             assert got == status, (path, body)
         got, body, _ = await get(
             http, broker, f"/msi/token?api-version=2019-08-01&resource={demo.GRAPH_RESOURCE}", headers={"X-IDENTITY-HEADER": MSI_SECRET}
@@ -153,5 +168,16 @@ async def test_every_flow_and_outcome_matches_the_documented_schema(
     assert refused["outcome"]["error_code"] and refused["outcome"]["correlation_id"]
     msi_line = next(line for line in lines if line.get("route") == "/msi/token")
     assert msi_line["api"] is None and msi_line["flow"] == "app" and msi_line["agent"] == A2.lower()
+    downstream_lines = {
+        (line["route"], line["api"], line["token_flow"], line["cache"], line["outcome"]["problem"])
+        for line in lines
+        if line.get("route", "").startswith("/DownstreamApi")
+    }
+    assert downstream_lines == {
+        ("/DownstreamApiUnauthenticated/{api}", "down", "agent_app", "miss", None),
+        ("/DownstreamApi/{api}", "down", "agent_obo", "hit", None),
+        ("/DownstreamApiUnauthenticated/{api}", "down", "agent_app", "negative", "token-refused"),
+        ("/DownstreamApi/{api}", "down", None, "none", "invalid-token"),
+    }, downstream_lines
     hits = [line for line in lines if line["event"] == "hits"]
     assert [(h["caller"], h["count"]) for h in hits] == [({"name": "root", "uid": 0}, 2)], hits

@@ -112,7 +112,6 @@ class TrustStore:
         self._listeners: list[Listener] = []
         self._stamp: Stamp | None = None
         self._last_problem: str | None = None
-        self.reloads = 0
         self._material = _Material()
         if self.source is not None:
             try:
@@ -157,7 +156,6 @@ class TrustStore:
         self._last_problem = None
         self._material, self._stamp = material, stamp
         self._context = material.context()
-        self.reloads += 1
         log.info("trust: %s=%s changed; outbound clients now use the new CA bundle", name, path)
         return True
 

@@ -1,4 +1,5 @@
-"""Helpers shared by tests: free loopback ports, required system binaries, the broker's logs."""
+"""Helpers shared by tests: free loopback ports, required system binaries, the broker's logs,
+the processes a test starts (wait until ready, read their output, stop them)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import IO, Any, Self, TypeVar
 
 import pytest
+import requests
 
 from agent_token_broker.logs import setup_logging
 
@@ -37,6 +42,74 @@ def require_binary(name: str, package: str) -> str:
             pytest.fail(reason)
         pytest.skip("SKIPPED LOUDLY: " + reason)
     return path
+
+
+T = TypeVar("T")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0, signum: int = signal.SIGTERM) -> bool:
+    """Stop a process the test started: ``signum`` (SIGTERM), then wait up to ``timeout`` s.
+    One that outlives it is killed. True when it exited by itself."""
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return False
+
+
+def wait_until(
+    check: Callable[[], T | None], proc: subprocess.Popen[Any], seconds: float, output: Callable[[], str] = str
+) -> T:
+    """Poll ``check()`` every 0.1 s until it returns something truthy, and return that. Fails
+    with the process's ``output()`` when the process exits first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        assert proc.poll() is None, f"exited with {proc.returncode} before it was ready:\n{output()}"
+        assert time.monotonic() < deadline, f"not ready in {seconds:g} s:\n{output()}"
+        time.sleep(0.1)
+
+
+def answers_200(url: str) -> bool:
+    """True when GET ``url`` answers 200 (no answer yet, e.g. not listening, is False)."""
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class OutputLines:
+    """The lines a process writes to a pipe, read as they come by a daemon thread (a pipe
+    nobody reads fills up and blocks the writer)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str] | None) -> None:
+        for line in stream or ():
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def through(self, marker: str) -> str | None:
+        """The text up to the first line holding ``marker``; ``None`` before that line came."""
+        lines = list(self.lines)
+        end = next((i for i, line in enumerate(lines) if marker in line), None)
+        return None if end is None else "\n".join(lines[: end + 1])
+
+    def join(self, timeout: float = 10.0) -> str:
+        """Wait for the end of the stream (the process has exited); all the text."""
+        self._thread.join(timeout)
+        return self.text()
 
 
 class Captured:

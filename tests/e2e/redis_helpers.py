@@ -14,7 +14,7 @@ import redis
 
 from entra_emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
-from tests.support import free_port, require_binary
+from tests.support import free_port, require_binary, stop_process
 
 REDIS_BINARY = "redis-server"
 
@@ -55,13 +55,8 @@ class RedisServer:
         raise TimeoutError("redis-server did not answer PING in time")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, 10)
         self.proc = None
 
     def values(self) -> dict[bytes, bytes]:

@@ -25,7 +25,7 @@ from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
 from tests.integration.conftest import make_settings
-from tests.support import free_port, require_binary
+from tests.support import free_port, require_binary, stop_process
 
 __all__ = ["redis_server"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,14 +69,8 @@ class PrometheusServer:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, 10)
         self.proc = None
 
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:

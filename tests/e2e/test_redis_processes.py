@@ -14,11 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import requests
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
 from tests.e2e.redis_helpers import RedisServer, free_port, new_key, redis_env, redis_server, write_key_file
+from tests.support import answers_200, stop_process, wait_until
 
 __all__ = ["redis_server"]
 
@@ -72,26 +72,15 @@ def brokers(
             procs.append((proc, port, ops, log))
         deadline = time.monotonic() + 90
         for proc, _, ops, log in procs:
-            while True:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, "brokers did not become ready in 90 s"
-                time.sleep(0.1)
+            wait_until(lambda ops=ops: answers_200(f"http://127.0.0.1:{ops}/readyz"), proc,
+                       deadline - time.monotonic(), log.read_text)  # fmt: skip
         yield [f"http://127.0.0.1:{port}" for _, port, _, _ in procs]
     finally:
         for proc, _, _, _ in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc, _, _, log in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
             text = log.read_text(errors="replace")
             assert "Traceback" not in text, text
             assert demo.BLUEPRINT_SECRET not in text

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import requests
 
 from entra_emulator import demo
 from entra_emulator.cli import main
+from tests.support import OutputLines, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BP = "0b0b0b0b-0000-4000-8000-00000000000b"
@@ -43,14 +42,9 @@ def test_module_runs_with_tenant_file_and_stops_on_sigterm(tmp_path: Path) -> No
          "--state-dir", str(tmp_path / "state"), "--tenant-file", str(tenant_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )
+    out = OutputLines(proc.stdout)
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while not any("Ctrl-C" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, lines
-            lines.append(proc.stdout.readline())
-        text = "".join(lines)
+        text = wait_until(lambda: out.through("Ctrl-C"), proc, 30, out.text)
         authority = re.search(r"authority\s+(\S+)", text)
         assert authority is not None, text
         assert "REQUESTS_CA_BUNDLE=" in text and "AZURE_POD_IDENTITY_AUTHORITY_HOST=" in text
@@ -63,9 +57,6 @@ def test_module_runs_with_tenant_file_and_stops_on_sigterm(tmp_path: Path) -> No
         form.update(client_id=demo.BLUEPRINT_APP_ID, client_secret=demo.BLUEPRINT_SECRET)
         resp = requests.post(f"{authority.group(1)}/oauth2/v2.0/token", data=form, verify=ca, timeout=10)
         assert resp.json()["error_codes"] == [700016]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert stop_process(proc, 15) and proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)

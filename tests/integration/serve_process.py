@@ -10,20 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
-from tests.support import free_port
+from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 READY_SECONDS = 30.0
@@ -68,29 +64,16 @@ def serve_process(emulator: EmulatorServer, **extra: str) -> Iterator[Served]:
     port, ops = free_port(), free_port()
     env = clean_env(base_env(emulator, Broker__Listen=f"127.0.0.1:{port}", Broker__OpsListen=f"127.0.0.1:{ops}", **extra))
     env["REQUESTS_CA_BUNDLE"] = str(emulator.ca_path)
-    proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     served = Served(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops}", proc)
+    err = OutputLines(proc.stderr)
     try:
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{served.ops}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"broker did not become ready in {READY_SECONDS:g} s")
+        wait_until(lambda: answers_200(f"{served.ops}/readyz"), proc, READY_SECONDS, err.text)
         yield served
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, served.stderr = proc.communicate(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-        served.log = [json.loads(line) for line in served.stderr.splitlines() if line.startswith("{")]
+        stopped = stop_process(proc, STOP_SECONDS)
+        served.stderr = err.join()
+        served.log = [json.loads(line) for line in err.lines if line.startswith("{")]
+    assert stopped, "serve did not stop on SIGTERM"
     assert proc.returncode == 0, served.stderr
     assert demo.BLUEPRINT_SECRET not in served.stderr

@@ -7,10 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from entra_emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
-from tests.support import free_port
+from tests.support import free_port, stop_process, wait_until
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 TENANT = "7f3c1a52-4d0e-4b8a-9c61-2e5f8d9a0b14"
@@ -136,22 +134,16 @@ def test_a_missing_projected_token_file_is_a_warning_and_serve_retries(emulator:
     log = tmp_path / "serve.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen([*CLI, "serve"], env=clean_env(env), stderr=stderr, text=True)
+
+    def warning() -> str | None:
+        return next((x for x in log.read_text().splitlines() if "SignedAssertionFileDiskPath" in x), None)
+
     try:
-        deadline = time.monotonic() + 30
-        while "SignedAssertionFileDiskPath" not in log.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-        line = next(x for x in log.read_text().splitlines() if "SignedAssertionFileDiskPath" in x)
-        record = json.loads(line)
+        record = json.loads(wait_until(warning, proc, 30, log.read_text))
         assert record["level"] == "warning" and "retrying" in record["msg"], record
         assert proc.poll() is None  # still running: it retries the file
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        assert stop_process(proc), "serve did not stop on SIGTERM"
     assert proc.returncode == 0
 
 

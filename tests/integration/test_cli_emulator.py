@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import requests
 
 from entra_emulator import demo
 from tests.integration.serve_process import CLI, clean_env
+from tests.support import OutputLines, answers_200, stop_process, wait_until
 
 START_TIMEOUT = 60.0
 LISTENING = re.compile(r"API listening on (http://[0-9.:]+); ops on (http://[0-9.:]+)")
@@ -66,24 +64,17 @@ def _start_emulator(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str]
         [*CLI, "emulator", "--port", "0", "--mi-port", "0", "--state-dir", str(state_dir), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    lines: list[str] = []
-    deadline = time.monotonic() + START_TIMEOUT
-    assert proc.stdout is not None
-    while not any("Ctrl-C" in line for line in lines):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("".join(lines) + (proc.stderr.read() if proc.stderr else ""))
-        lines.append(proc.stdout.readline())
-    return proc, _parse("".join(lines))
+    out, err = OutputLines(proc.stdout), OutputLines(proc.stderr)
+    try:
+        banner = wait_until(lambda: out.through("Ctrl-C"), proc, START_TIMEOUT, lambda: out.text() + err.text())
+    except AssertionError:
+        stop_process(proc)
+        raise
+    return proc, _parse(banner)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert stop_process(proc) and proc.returncode == 0
 
 
 @pytest.fixture
@@ -110,20 +101,18 @@ def _serve_from_shell(banner: Banner, variant: str, tmp_path: Path) -> tuple[int
         env.pop(name, None)
     proc = subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr or ()), daemon=True)
-    reader.start()
+    err = OutputLines(proc.stderr)
+
+    def output() -> str:
+        return f"{variant}:\n{err.text()}"
+
+    def listening() -> re.Match[str] | None:
+        return next((m for line in list(err.lines) if (m := LISTENING.search(line))), None)
+
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        listening = None
-        while listening is None:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{variant}: " + "".join(err)
-            time.sleep(0.1)
-            listening = next((m for line in list(err) if (m := LISTENING.search(line))), None)
-        base, ops = listening.group(1), listening.group(2)
-        while requests.get(f"{ops}/readyz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, f"{variant}: not ready"
-            time.sleep(0.1)
+        found = wait_until(listening, proc, START_TIMEOUT, output)
+        base, ops = found.group(1), found.group(2)
+        wait_until(lambda: answers_200(f"{ops}/readyz"), proc, START_TIMEOUT, output)
         token = requests.get(f"{base}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={demo.AGENT_1_ID}",
                              timeout=30)
         assert token.status_code == 200, (variant, token.text)
@@ -133,14 +122,8 @@ def _serve_from_shell(banner: Banner, variant: str, tmp_path: Path) -> tuple[int
         assert called.status_code == 200 and called.json()["statusCode"] == 200, (variant, called.text)
         assert json.loads(called.json()["content"])["caller"]["oid"] == demo.AGENT_1_ID
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        reader.join(timeout=10)
-    return proc.returncode, "".join(err)
+        assert stop_process(proc), f"{variant}: serve did not stop on SIGTERM"
+    return proc.returncode, err.join()
 
 
 def test_banner_has_absolute_paths_and_every_variant(emulator_process: Banner, tmp_path: Path) -> None:

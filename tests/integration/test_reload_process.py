@@ -11,10 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.cache_helpers import last_seq, requests_since
 from tests.integration.test_cli_dev import _env, _start
-from tests.support import free_port
+from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
@@ -40,7 +38,11 @@ class Broker:
     config: Path
     base: str
     ops: str
-    lines: list[str] = field(default_factory=list)
+    out: OutputLines
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.lines
 
     def path(self, agent: str) -> str:
         return f"{self.base}/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={agent}"
@@ -57,14 +59,7 @@ class Broker:
         return body
 
     def wait_line(self, since: int, match: Callable[[str], bool]) -> str:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline:
-            found = [line for line in self.lines[since:] if match(line)]
-            if found:
-                return found[0]
-            assert self.proc.poll() is None, "\n".join(self.lines)
-            time.sleep(0.05)
-        raise AssertionError(f"no such log line in {WAIT_SECONDS:g} s:\n" + "\n".join(self.lines[since:]))
+        return wait_line(self.proc, self.lines, since, match)
 
     def metric(self, name: str) -> float:
         text = requests.get(f"{self.ops}/metrics", timeout=10).text
@@ -96,6 +91,12 @@ def config(emulator: EmulatorServer, port: int, ops: int, allowed: list[str], **
     }
 
 
+def wait_line(proc: subprocess.Popen[str], lines: list[str], since: int, match: Callable[[str], bool]) -> str:
+    """The first line after ``since`` that ``match``es, as it comes (bounded)."""
+    return wait_until(lambda: next((line for line in lines[since:] if match(line)), None), proc, WAIT_SECONDS,
+                      lambda: "\n".join(lines[since:]))  # fmt: skip
+
+
 def write(path: Path, content: dict[str, Any] | str) -> None:
     """Replace the file at once (write aside, rename), as a ConfigMap update or an editor does."""
     aside = path.with_name(path.name + ".new")
@@ -117,34 +118,13 @@ def broker(emulator: EmulatorServer, admin: EmulatorAdmin, tmp_path: Path) -> It
     proc = subprocess.Popen(
         [*CLI, "serve", "--config", str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    running = Broker(proc, path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops}")
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            running.lines.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    running = Broker(proc, path, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops}", OutputLines(proc.stderr))
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            try:
-                if requests.get(f"{running.ops}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "\n".join(running.lines)
-            time.sleep(0.1)
+        wait_until(lambda: answers_200(f"{running.ops}/readyz"), proc, WAIT_SECONDS, running.out.text)
         yield running, make
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        reader.join(timeout=5)
+        assert stop_process(proc), "serve did not stop on SIGTERM"
+        running.out.join()
     assert proc.returncode == 0, "\n".join(running.lines)
     text = "\n".join(running.lines)
     assert "Traceback" not in text and demo.BLUEPRINT_SECRET not in text
@@ -235,11 +215,7 @@ def test_dev_reloads_its_config_file_on_sighup(tmp_path: Path) -> None:
         write(path, {"Broker": {"AllowedAgentIdentities": [A2], "ConfigWatchSeconds": 0},
                      "Logging": {"LogLevel": {"Default": "Information"}}})  # fmt: skip
         dev.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not any("configuration reload (SIGHUP)" in line for line in dev.stderr):
-            assert dev.proc.poll() is None and time.monotonic() < deadline, "".join(dev.stderr)
-            time.sleep(0.05)
-        line = next(line for line in dev.stderr if "configuration reload (SIGHUP)" in line)
+        line = wait_line(dev.proc, dev.stderr, 0, lambda s: "configuration reload (SIGHUP)" in s)
         assert "applied Broker__AllowedAgentIdentities" in line and "restart" not in line, line
         refused = requests.get(url, timeout=20)
         assert refused.status_code == 403, refused.text

@@ -7,10 +7,8 @@ files, directories, FIFOs and ownerships (the ownership cases need root, as CI r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from agent_token_broker.settings import ConfigError
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
-from tests.support import free_port
+from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 KEY = "Broker__ManagedIdentityEndpoint__SecretFile"
@@ -125,16 +123,9 @@ def test_sigterm_stops_the_broker_after_the_certificate_became_a_fifo(
     proc = subprocess.Popen(
         [*CLI, "serve"], env=_cert_env(emulator, cert, api, ops), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    err = OutputLines(proc.stderr)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.2)
+        wait_until(lambda: answers_200(f"http://127.0.0.1:{ops}/readyz"), proc, 30, err.text)
         fifo = tmp_path / "next.pem"
         os.mkfifo(fifo)
         os.replace(fifo, cert)  # the "rotated" certificate is a FIFO: a plain open() would block forever
@@ -142,10 +133,7 @@ def test_sigterm_stops_the_broker_after_the_certificate_became_a_fifo(
         reply = requests.get(f"http://127.0.0.1:{api}/AuthorizationHeaderUnauthenticated/graph?{query}", timeout=20)
         problem = reply.json()  # answered at once, not hung on the FIFO
         assert problem["errorCode"] == "credential_unavailable" and "not a regular file" in problem["detail"], problem
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert stop_process(proc, 15) and proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert demo.BLUEPRINT_SECRET not in (proc.stderr.read() if proc.stderr else "")
+        stop_process(proc)
+    assert demo.BLUEPRINT_SECRET not in err.join()

@@ -15,13 +15,11 @@ import resource
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import requests
 
 from agent_token_broker.listeners import BindError
 from agent_token_broker.server import RunningBroker
@@ -29,7 +27,7 @@ from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
 from tests.integration.test_security_netns import HOST_IP, netns  # noqa: F401 - fixture
-from tests.support import free_port
+from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
 CLI = [sys.executable, "-m", "agent_token_broker.cli"]
 A1 = demo.AGENT_1_ID
@@ -199,26 +197,12 @@ def limited_broker(netns: str, emulator: EmulatorServer, admin: EmulatorAdmin) -
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
     proc = subprocess.Popen([*CLI, "serve"], env=env, preexec_fn=limit, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = OutputLines(proc.stderr)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://{HOST_IP}:{ops}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.1)
-        else:
-            raise AssertionError("broker did not become ready in 30 s")
+        wait_until(lambda: answers_200(f"http://{HOST_IP}:{ops}/readyz"), proc, 30, err.text)
         yield f"http://127.0.0.1:{api}", f"{HOST_IP}:{ops}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 async def test_descriptor_exhaustion_degrades_ops_before_the_api(

@@ -32,23 +32,37 @@ FORCE = "&optionsOverride.AcquireTokenOptions.ForceRefresh=true"
 OTHER_PATH = f"/AuthorizationHeaderUnauthenticated/demo?AgentIdentity={demo.AGENT_1_ID}"
 
 
-async def test_a_value_put_back_after_a_revocation_is_refused_by_a_cold_replica(
-    emulator: EmulatorServer, admin: Any, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    env = redis_env(
+def _env(emulator: EmulatorServer, redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
+    return redis_env(
         emulator, redis_server, [write_key_file(tmp_path / "k", new_key())],
         Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
     )  # fmt: skip
+
+
+async def _warm_then_revoke(
+    http: aiohttp.ClientSession, env: dict[str, str], redis_server: RedisServer, admin: Any, paths: tuple[str, ...]
+) -> dict[bytes, bytes]:
+    """A broker puts the agent's tokens for ``paths`` into Redis; the attacker copies the sealed
+    values; the agent is disabled and a forced refresh makes the broker revoke it. The copies."""
+    async with running(load_settings(env=env), wait_ready=30.0) as first:
+        for path in paths:
+            await header(http, first, path)
+        saved = redis_server.values()  # what an attacker with Redis access copies
+        admin.disable_agent(demo.AGENT_1_ID)
+        status, body, _ = await get(http, first, APP_PATH + FORCE)  # Entra refuses: revoked
+        assert status in (400, 401, 403), body
+    return saved
+
+
+async def test_a_value_put_back_after_a_revocation_is_refused_by_a_cold_replica(
+    emulator: EmulatorServer, admin: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = _env(emulator, redis_server, tmp_path)
     raw = redis_server.client()
     async with aiohttp.ClientSession() as http:
-        async with running(load_settings(env=env), wait_ready=30.0) as first:
-            await header(http, first, APP_PATH)  # the agent's Graph token and T1, now in Redis
-            await header(http, first, OTHER_PATH)  # and a token of the same agent for another API
-            saved = redis_server.values()  # what an attacker with Redis access copies
-            assert len(saved) == 3
-            admin.disable_agent(demo.AGENT_1_ID)
-            status, body, _ = await get(http, first, APP_PATH + FORCE)  # Entra refuses: revoked
-            assert status in (400, 401, 403), body
+        # the agent's Graph token and T1, and a token of the same agent for another API
+        saved = await _warm_then_revoke(http, env, redis_server, admin, (APP_PATH, OTHER_PATH))
+        assert len(saved) == 3
         for name, blob in saved.items():  # ...and puts the old sealed values back
             raw.set(name, blob, px=3_600_000)
         async with running(load_settings(env=env), wait_ready=30.0) as cold:
@@ -65,18 +79,10 @@ async def test_a_value_put_back_after_a_revocation_is_refused_by_a_cold_replica(
 async def test_deleting_the_epoch_records_does_not_revive_old_values(
     emulator: EmulatorServer, admin: Any, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    env = redis_env(
-        emulator, redis_server, [write_key_file(tmp_path / "k", new_key())],
-        Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
-    )  # fmt: skip
+    env = _env(emulator, redis_server, tmp_path)
     raw = redis_server.client()
     async with aiohttp.ClientSession() as http:
-        async with running(load_settings(env=env), wait_ready=30.0) as first:
-            await header(http, first, APP_PATH)
-            saved = redis_server.values()
-            admin.disable_agent(demo.AGENT_1_ID)
-            status, _, _ = await get(http, first, APP_PATH + FORCE)
-            assert status != 200
+        saved = await _warm_then_revoke(http, env, redis_server, admin, (APP_PATH,))
         raw.delete(*redis_server.epochs())  # the attacker also drops the epoch records
         for name, blob in saved.items():
             raw.set(name, blob, px=3_600_000)

@@ -20,6 +20,10 @@ from tests.integration.cache_helpers import (
 from tests.integration.conftest import BrokerFactory
 
 INTERVAL = 2.0
+OVERRIDES = {  # ForceRefresh and claims on the unauthenticated route, at most once per INTERVAL
+    "Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated": "true",
+    "Broker__Cache__ForceRefreshMinIntervalSeconds": str(INTERVAL),
+}
 FORCE = "&optionsOverride.AcquireTokenOptions.ForceRefresh=true"
 CLAIMS = "&optionsOverride.AcquireTokenOptions.Claims=" + quote(
     json.dumps({"access_token": {"nbf": {"essential": True, "value": "1700000000"}}})
@@ -34,10 +38,7 @@ async def test_force_refresh_bypasses_the_cache_at_most_once_per_interval(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
     async with (
-        broker_factory(
-            Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
-            Broker__Cache__ForceRefreshMinIntervalSeconds=str(INTERVAL),
-        ) as broker,
+        broker_factory(**OVERRIDES) as broker,
         client_session(limit=200) as s,
     ):
         url = broker.api_urls[0] + app_path(A1)
@@ -72,10 +73,7 @@ async def test_claims_challenge_bypasses_the_cache_and_is_rate_limited(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
     async with (
-        broker_factory(
-            Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
-            Broker__Cache__ForceRefreshMinIntervalSeconds=str(INTERVAL),
-        ) as broker,
+        broker_factory(**OVERRIDES) as broker,
         client_session() as s,
     ):
         url = broker.api_urls[0] + app_path(A2)

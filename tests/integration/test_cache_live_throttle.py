@@ -27,17 +27,15 @@ from tests.integration.conftest import BrokerFactory
 RETRY_AFTER = 3
 
 
+def throttle_once(admin: EmulatorAdmin, retry_after: int, match: dict[str, str]) -> None:
+    """The next token request that ``match``es is answered HTTP 429 with ``Retry-After``."""
+    admin.fault(target="token", mode="status", status=429, retry_after=retry_after, count=1, match=match)
+
+
 async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
-    admin.fault(
-        target="token",
-        mode="status",
-        status=429,
-        retry_after=RETRY_AFTER,
-        count=1,
-        match={"leg": "app", "client_id": A1},
-    )
+    throttle_once(admin, RETRY_AFTER, {"leg": "app", "client_id": A1})
     async with broker_factory() as broker, client_session() as s:
         url1 = broker.api_urls[0] + app_path(A1)
         first = await fetch(s, url1)
@@ -70,14 +68,7 @@ async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
 async def test_429_on_one_agents_t1_does_not_throttle_sibling_agents(
     broker_factory: BrokerFactory, admin: EmulatorAdmin
 ) -> None:
-    admin.fault(
-        target="token",
-        mode="status",
-        status=429,
-        retry_after=30,
-        count=1,
-        match={"leg": "t1", "fmi_path": A1},
-    )
+    throttle_once(admin, 30, {"leg": "t1", "fmi_path": A1})
     async with broker_factory() as broker, client_session() as s:
         throttled = await fetch(s, broker.api_urls[0] + app_path(A1))
         assert throttled.status == 503 and int(throttled.headers["Retry-After"]) == 30
@@ -108,14 +99,7 @@ async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits
         assert (
             first.claims["azp"] == demo.BLUEPRINT_APP_ID or first.claims.get("appid") == demo.BLUEPRINT_APP_ID
         )
-        admin.fault(
-            target="token",
-            mode="status",
-            status=429,
-            retry_after=RETRY_AFTER,
-            count=1,
-            match={"leg": "blueprint_app"},
-        )
+        throttle_once(admin, RETRY_AFTER, {"leg": "blueprint_app"})
         replies: list[Reply] = []
         deadline = time.time() + 7.5
         while time.time() < deadline:

@@ -17,14 +17,21 @@ from tests.integration.downstream_server import Downstream, api_keys, call
 from tests.integration.helpers import claims_of, get
 
 A1 = demo.AGENT_1_ID
+DOWN = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}"  # the test API, unauthenticated route
 CLAIMS = {"access_token": {"nbf": {"essential": True, "value": "1700000000"}}}
 
 
+@pytest.fixture
+def down_broker(broker_factory: BrokerFactory, downstream: Downstream, admin: EmulatorAdmin) -> BrokerFactory:
+    """``async with down_broker(Key=value, ...) as b``: a broker calling the test API ``down``."""
+    return lambda **keys: broker_factory(**api_keys(downstream, **keys))
+
+
 async def test_unauthenticated_route_calls_api_with_agent_token(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    async with broker_factory(**api_keys(downstream)) as broker:
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+    async with down_broker() as broker:
+        status, body = await call(http, broker, DOWN)
     assert status == 200, body
     assert body["statusCode"] == 200
     assert set(body) == {"statusCode", "headers", "content"}
@@ -44,10 +51,10 @@ async def test_unauthenticated_route_calls_api_with_agent_token(
 
 
 async def test_authenticated_route_uses_obo_and_never_forwards_inbound_token(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     user_token = admin.user_token(demo.DEMO_USER_UPN)
-    async with broker_factory(**api_keys(downstream, DownstreamApis__down__HttpMethod="PUT")) as broker:
+    async with down_broker(DownstreamApis__down__HttpMethod="PUT") as broker:
         status, _ = await call(
             http, broker, "/DownstreamApi/down", data=b"{}", headers={"Content-Type": "a/b"}
         )
@@ -78,31 +85,27 @@ async def test_authenticated_route_uses_obo_and_never_forwards_inbound_token(
 
 
 async def test_downstream_failure_is_wrapped_with_outer_200(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(downstream, DownstreamApis__down__RelativePath="fail")
-    async with broker_factory(**keys) as broker:
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+    async with down_broker(DownstreamApis__down__RelativePath="fail") as broker:
+        status, body = await call(http, broker, DOWN)
         assert status == 200, body
         assert body["statusCode"] == 500 and body["content"] == "downstream broke"
         # Only POST, as in Microsoft's sidecar.
-        status, problem = await call(
-            http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}", method="GET"
-        )
+        status, problem = await call(http, broker, DOWN, method="GET")
         assert status == 405, problem
 
 
 async def test_cae_claims_challenge_reacquires_and_retries_once(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(downstream, DownstreamApis__down__RelativePath="cae")
-    async with broker_factory(**keys) as broker:
+    async with down_broker(DownstreamApis__down__RelativePath="cae") as broker:
         status, before, _ = await get(
             http, broker, f"/AuthorizationHeaderUnauthenticated/down?AgentIdentity={A1}"
         )
         assert status == 200, before
         since = admin.log()["last_seq"]
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+        status, body = await call(http, broker, DOWN)
         assert status == 200, body
         assert body["statusCode"] == 200 and json.loads(body["content"]) == {"ok": True}
         assert [s.path for s in downstream.seen] == ["/api/cae", "/api/cae"], [
@@ -124,12 +127,11 @@ async def test_cae_claims_challenge_reacquires_and_retries_once(
 
 
 async def test_cae_retry_happens_only_once(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     downstream.cae_always = True  # the API rejects every token
-    keys = api_keys(downstream, DownstreamApis__down__RelativePath="cae")
-    async with broker_factory(**keys) as broker:
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+    async with down_broker(DownstreamApis__down__RelativePath="cae") as broker:
+        status, body = await call(http, broker, DOWN)
     assert status == 200, body
     assert body["statusCode"] == 401 and body["content"] == "revoked"
     assert 'error="insufficient_claims"' in body["headers"]["WWW-Authenticate"][0]
@@ -138,11 +140,10 @@ async def test_cae_retry_happens_only_once(
 
 
 async def test_redirects_are_not_followed_by_default(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(downstream, DownstreamApis__down__RelativePath="redirect")
-    async with broker_factory(**keys) as broker:
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+    async with down_broker(DownstreamApis__down__RelativePath="redirect") as broker:
+        status, body = await call(http, broker, DOWN)
     assert status == 200, body
     assert body["statusCode"] == 302
     assert body["headers"]["Location"] == ["/api/landing"]
@@ -150,21 +151,18 @@ async def test_redirects_are_not_followed_by_default(
 
 
 async def test_redirects_followed_when_allowed_without_leaking_token_cross_origin(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(
-        downstream,
+    async with down_broker(
         DownstreamApis__down__RelativePath="redirect",
         Sidecar__AllowOutboundRedirects="true",
         Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated="true",
-    )
-    async with broker_factory(**keys) as broker:
-        path = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}"
-        status, body = await call(http, broker, path)
+    ) as broker:
+        status, body = await call(http, broker, DOWN)
         assert status == 200 and body["statusCode"] == 200, body
         assert downstream.paths() == ["/api/redirect", "/api/landing"]
         assert downstream.seen[1].token == downstream.seen[0].token  # same origin keeps the token
-        status, body = await call(http, broker, path + "&optionsOverride.RelativePath=redirect-other")
+        status, body = await call(http, broker, DOWN + "&optionsOverride.RelativePath=redirect-other")
     # The other origin is plain http: https -> http is refused (cross-origin rules:
     # tests/integration/test_transport_downstream.py).
     assert status == 502 and body["type"].endswith("downstream-redirect-refused"), body
@@ -172,11 +170,10 @@ async def test_redirects_followed_when_allowed_without_leaking_token_cross_origi
 
 
 async def test_relative_path_rejections_with_overrides_allowed(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
     from urllib.parse import quote
 
-    keys = api_keys(downstream, Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated="true")
     bad = [
         "https://evil.example/x",
         "//evil.example/x",
@@ -189,89 +186,74 @@ async def test_relative_path_rejections_with_overrides_allowed(
         "echo#f",
         "http:x",
     ]
-    async with broker_factory(**keys) as broker:
+    async with down_broker(Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated="true") as broker:
         for relative in bad:
-            path = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}&optionsOverride.RelativePath={quote(relative)}"
+            path = DOWN + f"&optionsOverride.RelativePath={quote(relative)}"
             status, body = await call(http, broker, path)
             assert status == 400, (relative, body)
             assert body["parameter"] == "optionsOverride.RelativePath", body
         for header in ("Authorization", "Host", "Cookie"):
-            path = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}&optionsOverride.ExtraHeaderParameters.{header}=x"
+            path = DOWN + f"&optionsOverride.ExtraHeaderParameters.{header}=x"
             status, body = await call(http, broker, path)
             assert status == 400, (header, body)
-        status, body = await call(
-            http,
-            broker,
-            f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}&optionsOverride.RelativePath=echo/ok",
-        )
+        status, body = await call(http, broker, DOWN + "&optionsOverride.RelativePath=echo/ok")
         assert status == 200 and body["statusCode"] == 200, body
     assert downstream.paths() == ["/api/echo/ok"]
 
 
 async def test_overrides_gated_on_unauthenticated_route(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    async with broker_factory(**api_keys(downstream)) as broker:
-        status, body = await call(
-            http,
-            broker,
-            f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}&optionsOverride.HttpMethod=DELETE",
-        )
+    async with down_broker() as broker:
+        status, body = await call(http, broker, DOWN + "&optionsOverride.HttpMethod=DELETE")
     assert status == 400 and "CallDownstreamApiUnauthenticated" in body["detail"], body
     assert downstream.seen == []
 
 
 @pytest.mark.parametrize("chunked", ["0", "1"])
 async def test_response_size_cap(
-    broker_factory: BrokerFactory,
+    down_broker: BrokerFactory,
     downstream: Downstream,
     http: aiohttp.ClientSession,
     admin: EmulatorAdmin,
     chunked: str,
 ) -> None:
-    keys = api_keys(
-        downstream,
+    async with down_broker(
         DownstreamApis__down__RelativePath=f"big?n=300000&chunked={chunked}",
         Broker__Downstream__MaxResponseBytes="200000",
-    )
-    async with broker_factory(**keys) as broker:
-        status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}")
+    ) as broker:
+        status, body = await call(http, broker, DOWN)
     assert status == 502, body
     assert "MaxResponseBytes" in body["detail"]
 
 
 async def test_response_under_cap_and_timeout(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(
-        downstream,
+    async with down_broker(
         DownstreamApis__down__RelativePath="big?n=1000",
         Broker__Downstream__TimeoutSeconds="1",
         Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated="true",
-    )
-    async with broker_factory(**keys) as broker:
-        path = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}"
-        status, body = await call(http, broker, path)
+    ) as broker:
+        status, body = await call(http, broker, DOWN)
         assert (
             status == 200 and body["content"] == "x" * 1000 and body["headers"]["Content-Length"] == ["1000"]
         )
-        status, body = await call(http, broker, path + "&optionsOverride.RelativePath=slow")
+        status, body = await call(http, broker, DOWN + "&optionsOverride.RelativePath=slow")
     assert status == 504, body
 
 
 async def test_configuration_and_body_errors(
-    broker_factory: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
 ) -> None:
-    keys = api_keys(downstream, Broker__Downstream__MaxRequestBytes="10")
-    async with broker_factory(**keys) as broker:
+    async with down_broker(Broker__Downstream__MaxRequestBytes="10") as broker:
         # graph has scopes but no BaseUrl
         status, body = await call(http, broker, f"/DownstreamApiUnauthenticated/graph?AgentIdentity={A1}")
         assert status == 400 and "BaseUrl" in body["detail"], body
-        path = f"/DownstreamApiUnauthenticated/down?AgentIdentity={A1}"
         status, body = await call(
-            http, broker, path, data=b"0123456789abc", headers={"Content-Type": "text/plain"}
+            http, broker, DOWN, data=b"0123456789abc", headers={"Content-Type": "text/plain"}
         )
         assert status == 413, body
-        status, body = await call(http, broker, path, data=b"abc", headers={"Content-Type": ""})
+        status, body = await call(http, broker, DOWN, data=b"abc", headers={"Content-Type": ""})
         assert status == 400 and "Content-Type" in body["detail"], body
     assert downstream.seen == []

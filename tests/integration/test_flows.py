@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from agent_token_broker.server import RunningBroker
@@ -15,6 +17,15 @@ UNAUTH = "/AuthorizationHeaderUnauthenticated"
 
 def legs(admin: EmulatorAdmin) -> dict[str, int]:
     return {k: v for k, v in admin.counts().items() if v}
+
+
+def user_claims(status: int, body: dict[str, Any], oid: str, client: str) -> dict[str, Any]:
+    """The claims of a delegated token for user ``oid`` issued to ``client`` (agent or blueprint)."""
+    assert status == 200, body
+    claims = bearer_claims(body)
+    assert claims["idtyp"] == "user" and claims["oid"] == oid, claims
+    assert claims.get("azp", claims.get("appid")) == client, claims
+    return claims
 
 
 async def test_autonomous_agent_token_and_cache(
@@ -51,19 +62,14 @@ async def test_agent_user_token_by_upn_and_oid(
     status, body, _ = await get(
         http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}"
     )
-    assert status == 200, body
-    claims = bearer_claims(body)
-    assert claims["idtyp"] == "user"
-    assert claims["oid"] == demo.AGENT_USER_OID
-    assert claims.get("azp", claims.get("appid")) == A1
+    user_claims(status, body, demo.AGENT_USER_OID, A1)
     counts = legs(admin)
     assert counts.get("t1") == 1 and counts.get("t2") == 1 and counts.get("user_fic") == 1, counts
 
     status, body, _ = await get(
         http, broker, f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUserId={demo.AGENT_USER_OID}"
     )
-    assert status == 200, body
-    assert bearer_claims(body)["oid"] == demo.AGENT_USER_OID
+    user_claims(status, body, demo.AGENT_USER_OID, A1)
     counts = legs(admin)
     # T1 and T2 are cached per agent: only the user_fic leg is new.
     assert counts.get("t1") == 1 and counts.get("t2") == 1 and counts.get("user_fic") == 2, counts
@@ -76,11 +82,7 @@ async def test_agent_obo_with_inbound_user_token(
     status, body, _ = await get(
         http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token
     )
-    assert status == 200, body
-    claims = bearer_claims(body)
-    assert claims["idtyp"] == "user"
-    assert claims["oid"] == demo.DEMO_USER_OID
-    assert claims.get("azp", claims.get("appid")) == A1
+    user_claims(status, body, demo.DEMO_USER_OID, A1)
     counts = legs(admin)
     assert counts.get("t1") == 1 and counts.get("obo") == 1, counts
     # Same user token again: served from cache.
@@ -99,10 +101,7 @@ async def test_blueprint_app_and_obo_tokens(
     assert bearer_claims(body).get("azp", bearer_claims(body).get("appid")) == demo.BLUEPRINT_APP_ID
     user_token = admin.user_token(demo.DEMO_USER_UPN)
     status, body, _ = await get(http, broker, "/AuthorizationHeader/graph", token=user_token)
-    assert status == 200, body
-    claims = bearer_claims(body)
-    assert claims["oid"] == demo.DEMO_USER_OID
-    assert claims.get("azp", claims.get("appid")) == demo.BLUEPRINT_APP_ID
+    user_claims(status, body, demo.DEMO_USER_OID, demo.BLUEPRINT_APP_ID)
     counts = legs(admin)
     assert counts.get("blueprint_app") == 1 and counts.get("blueprint_obo") == 1, counts
 

@@ -134,7 +134,8 @@ async def trigger(
     seq = last_seq(s.admin)
     reply = await fetch(s.session, url, headers=headers)
     assert reply.status == status, reply.body
-    refused = [e for e in _upstream_since(s.admin, seq, endpoint) if e["endpoint"] == endpoint and e["error_code"]]
+    refused = [e for e in _upstream_since(s.admin, seq, endpoint) if e["endpoint"] == endpoint]
+    refused = [e for e in refused if e["error_code"]]
     assert refused and f"AADSTS{refused[-1]['error_code']}" == code  # Entra said it, not the broker
     seq = last_seq(s.admin)
     again = await fetch(s.session, url, headers=headers)
@@ -162,13 +163,32 @@ def _problem(reply: Reply, code: str) -> None:
     assert reply.body["errorCode"] == code, reply.body
 
 
+async def refused_alone(
+    s: Setup,
+    victims: Victims,
+    url: str,
+    headers: dict[str, str],
+    *,
+    code: str,
+    status: int = 401,
+    endpoint: str = "token",
+    problem: bool = True,
+) -> Reply:
+    """The trigger gets its own refusal (``code``, problem+json unless ``problem`` is false),
+    remembered for its key; every victim keeps its cached token; no identity is revoked."""
+    reply = await trigger(s, url, headers, status=status, code=code, endpoint=endpoint)
+    if problem:
+        _problem(reply, code)
+    await assert_victims_untouched(s, victims)
+    assert await revocations_counted(s) == 0
+    return reply
+
+
 async def test_tenant_override_refusal_700016_stays_on_its_key(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
     s = setup
     victims = await warm(s)
     url = s.url(f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}")
-    reply = await trigger(s, url, s.bearer(), status=401, code="AADSTS700016")
-    _problem(reply, "AADSTS700016")
-    await assert_victims_untouched(s, victims)
+    await refused_alone(s, victims, url, s.bearer(), code="AADSTS700016")
     # The other tenant's T1 failure did not poison the home T1: a cold key of A1 needs no T1 call.
     seq = last_seq(s.admin)
     cold = await fetch(s.session, s.url(f"{AUTH}/demo?AgentIdentity={A1}"), headers=s.bearer())
@@ -192,11 +212,9 @@ async def test_tenant_override_naming_no_tenant_90002_is_refused_on_its_key(setu
     s = setup
     victims = await warm(s)
     url = s.url(f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.AcquireTokenOptions.Tenant={tenant}")
-    reply = await trigger(s, url, s.bearer(), status=401, code="AADSTS90002", endpoint="discovery")
-    _problem(reply, "AADSTS90002")
+    reply = await refused_alone(s, victims, url, s.bearer(), code="AADSTS90002", endpoint="discovery")
     assert f"Tenant '{tenant}' not found" in reply.body["detail"], reply.body
     assert "Retry-After" not in reply.headers
-    await assert_victims_untouched(s, victims)
     # The blueprint's own request for that tenant is its own key: refused by Entra, not from A1's record.
     seq = last_seq(s.admin)
     blueprint = await fetch(s.session, s.url(f"{AUTH}/graph?optionsOverride.AcquireTokenOptions.Tenant={tenant}"),
@@ -216,20 +234,15 @@ async def test_unknown_resource_500011_for_an_agent_stays_on_its_key(setup: Setu
         f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.RequestAppToken=true"
         "&optionsOverride.Scopes=api://does-not-exist/.default"
     )
-    reply = await trigger(s, url, s.bearer(), status=401, code="AADSTS500011")
-    _problem(reply, "AADSTS500011")
+    reply = await refused_alone(s, victims, url, s.bearer(), code="AADSTS500011")
     assert "does-not-exist" in reply.body["detail"]
-    await assert_victims_untouched(s, victims)
-    assert await revocations_counted(s) == 0
 
 
 async def test_unknown_resource_500011_for_the_blueprint_stays_on_its_key(setup: Setup) -> None:
     s = setup
     victims = await warm(s)
     url = s.url(f"{AUTH}/graph?optionsOverride.RequestAppToken=true&optionsOverride.Scopes=api://does-not-exist/.default")
-    reply = await trigger(s, url, s.bearer(), status=401, code="AADSTS500011")
-    _problem(reply, "AADSTS500011")
-    await assert_victims_untouched(s, victims)
+    await refused_alone(s, victims, url, s.bearer(), code="AADSTS500011")
     # A cold key of another agent is not answered with the blueprint request's error either.
     cold = await fetch(s.session, s.url(f"{UNAUTH}/demo?AgentIdentity={A2}"))
     assert cold.status == 200, cold.body
@@ -245,20 +258,16 @@ async def test_obo_for_a_user_without_consent_65001_stays_on_that_users_key(setu
     victims = await warm(s)
     bob = s.admin.user_token(demo.DEMO_USER_2_UPN)
     url = s.url(f"{AUTH}/graph?AgentIdentity={A1}")
-    reply = await trigger(s, url, s.bearer(bob), status=401, code="AADSTS65001")
-    _problem(reply, "AADSTS65001")
-    await assert_victims_untouched(s, victims)
-    assert await revocations_counted(s) == 0
+    await refused_alone(s, victims, url, s.bearer(bob), code="AADSTS65001")
 
 
 async def test_msi_token_for_a_misspelt_resource_leaves_the_agents_other_tokens(setup: Setup) -> None:
     s = setup
     victims = await warm(s)
     url = s.url(f"/msi/token?api-version=2019-08-01&client_id={A1}&resource={MSI_TYPO_RESOURCE}")
-    reply = await trigger(s, url, {"X-IDENTITY-HEADER": MSI_SECRET}, status=400, code="AADSTS500011")
+    headers = {"X-IDENTITY-HEADER": MSI_SECRET}
+    reply = await refused_alone(s, victims, url, headers, code="AADSTS500011", status=400, problem=False)
     assert reply.body["error"] == "invalid_request" and "access_token" not in reply.body
-    await assert_victims_untouched(s, victims)
-    assert await revocations_counted(s) == 0
 
 
 async def test_a_refused_claims_challenge_leaves_the_shared_key_to_its_other_callers(

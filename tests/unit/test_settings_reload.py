@@ -15,6 +15,15 @@ TENANT = "7f3c1a52-4d0e-4b8a-9c61-2e5f8d9a0b14"
 BLUEPRINT = "3b6e9d21-8a4f-4c7e-b152-6f0a9e3d7c58"
 AGENT_1, AGENT_2 = "a1a1a1a1-0001-4c3d-8e9f-0a1b2c3d4e51", "a2a2a2a2-0002-4c3d-8e9f-0a1b2c3d4e52"
 SECRET = "first-secret-value-0123456789"
+# A reload that changes live keys (an allow-list, a miss rate) and restart keys (the listener, a
+# parser limit, the credential); each test adds its own.
+CHANGED = {
+    "Broker__AllowedAgentIdentities__1": "<unset>",
+    "Broker__Listen": "127.0.0.1:5001",
+    "Broker__Limits__MaxHeaders": "32",
+    "Broker__Limits__CacheMissesPerSecond": "5",
+    "AzureAd__ClientCredentials__0__ClientSecret": "second-secret-value-0123456789",
+}
 
 
 def _settings(**extra: str) -> Settings:
@@ -38,14 +47,10 @@ def test_the_same_configuration_has_no_changes() -> None:
 def test_changed_keys_are_named_with_their_reload_mark_and_no_values() -> None:
     old = _settings()
     new = _settings(
-        Broker__AllowedAgentIdentities__1="<unset>",
+        **CHANGED,
         DownstreamApis__graph__Scopes__0="https://graph.microsoft.com/User.Read",
         DownstreamApis__demo__Scopes__0="api://demo/.default",
         Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated="true",
-        Broker__Limits__CacheMissesPerSecond="5",
-        Broker__Limits__MaxHeaders="32",
-        Broker__Listen="127.0.0.1:5001",
-        AzureAd__ClientCredentials__0__ClientSecret="second-secret-value-0123456789",
         Logging__LogLevel__Default="Debug",
     )
     found = changes(old, new)
@@ -78,14 +83,10 @@ def test_an_api_removed_or_a_credential_added_is_one_change() -> None:
 def test_in_force_takes_live_keys_from_the_new_configuration_and_keeps_the_others() -> None:
     old = _settings()
     new = _settings(
-        Broker__AllowedAgentIdentities__1="<unset>",
-        Broker__Listen="127.0.0.1:5001",
-        Broker__Limits__MaxHeaders="32",
-        Broker__Limits__CacheMissesPerSecond="5",
+        **CHANGED,
         Broker__Strict="true",
         Broker__Cache__MinRemainingSeconds="600",
         AzureAd__Scopes__0="access_agent",
-        AzureAd__ClientCredentials__0__ClientSecret="second-secret-value-0123456789",
     )
     merged = in_force(old, new)
     assert merged.security.allowed_agent_identities == (AGENT_1,)

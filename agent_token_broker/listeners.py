@@ -229,13 +229,24 @@ _REQUEST_TIMEOUT = _canned(
 )
 
 
+REFUSALS = ("connections", "peer", "descriptors")  # why a new connection is refused (503)
+
+
 @dataclass
 class GuardStats:
-    """Counts of what a guard refused or closed (read by tests and logs)."""
+    """Counts of what a guard refused or closed (metrics, logs and tests read them)."""
 
     refused: dict[str, int] = field(default_factory=dict)
     header_timeouts: int = 0
     idle_timeouts: int = 0
+
+    def by_reason(self) -> dict[str, int]:
+        """Every count by its ``reason`` label of ``agent_token_broker_connections_closed_total``."""
+        return {
+            **{reason: self.refused.get(reason, 0) for reason in REFUSALS},
+            "header_timeout": self.header_timeouts,
+            "idle_timeout": self.idle_timeouts,
+        }
 
 
 class ConnectionGuard:

@@ -15,7 +15,7 @@ import bisect
 import itertools
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -171,6 +171,32 @@ class _ScrapeTimeCollector(Collector):
             yield family
 
 
+CONNECTION_LISTENERS = ("api", "ops")
+# GuardStats.by_reason() in listeners.py: refused at accept (503), then closed by a timeout
+CONNECTION_REASONS = ("connections", "peer", "descriptors", "header_timeout", "idle_timeout")
+
+
+class _ConnectionCollector(Collector):
+    """The listeners' connection guards' counts (plain integers kept by each guard), by listener
+    (``api``, ``ops``) and reason."""
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_connections_closed",
+            "Connections a listener refused (503: connections, peer, descriptors) or closed itself "
+            "(header_timeout with a 408, idle_timeout), by listener and reason.",
+            labels=["listener", "reason"],
+        )
+        counts = self._m.connection_counts()
+        for listener in CONNECTION_LISTENERS:
+            for reason in CONNECTION_REASONS:
+                family.add_metric([listener, reason], counts.get(listener, {}).get(reason, 0))
+        yield family
+
+
 def register_runtime_collectors(registry: CollectorRegistry) -> None:
     """prometheus_client's process, GC and platform collectors (read at scrape time, no hot-path cost)."""
     ProcessCollector(registry=registry)
@@ -263,6 +289,9 @@ class BrokerMetrics:
         self.authority_ready: Callable[[], bool] | None = None
         self.ready: Callable[[], bool] | None = None
         r.register(_ScrapeTimeCollector(self))
+        # listener -> reason -> count, wired by the server (its connection guards).
+        self.connection_counts: Callable[[], Mapping[str, Mapping[str, int]]] = dict
+        r.register(_ConnectionCollector(self))
 
     def route(self, template: str) -> RouteChildren:
         """Bound children for a route template (created once)."""

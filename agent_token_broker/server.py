@@ -102,6 +102,7 @@ async def running(
     tasks: list[asyncio.Task[None]] = []
     try:
         runtime = await Runtime.create(settings, tracer=tracer)
+        runtime.metrics.connection_counts = lambda: {name: g.stats.by_reason() for name, g in guards.items()}
         tasks.append(asyncio.create_task(runtime.warm_up(), name="warm-up"))
         # The API listener: aiohttp's low-level server and one handler (no Application, router or
         # middlewares); connections are ApiProtocol (per-connection caller, problem+json HTTP errors).

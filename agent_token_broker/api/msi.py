@@ -21,7 +21,9 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -31,6 +33,7 @@ from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
 from agent_token_broker.api.problems import NO_STORE, ProblemError
 from agent_token_broker.api.state import ApiServices, Endpoint
+from agent_token_broker.fileio import read_file, run_off_loop, stat_file
 from agent_token_broker.secretfile import check_secret_file
 from agent_token_broker.settings import ManagedIdentityEndpointConfig
 
@@ -45,14 +48,20 @@ class IdentityHeaderSecret:
     """The ``X-IDENTITY-HEADER`` value: configured, or read from a file (re-read when it changes).
 
     A missing file is created with a generated secret (mode 0600, directory 0700), so an
-    agent container sharing the directory can read it.
+    agent container sharing the directory can read it. The file is checked for a change at most
+    once per ``RECHECK_SECONDS``, off the event loop and bounded (:mod:`agent_token_broker.fileio`),
+    so a request costs no file access; a rotated secret is in force within that second.
     """
 
-    def __init__(self, config: ManagedIdentityEndpointConfig) -> None:
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, config: ManagedIdentityEndpointConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._fixed = config.secret.reveal() if config.secret is not None else None
         self._path = Path(config.secret_file)
         self._stamp: tuple[int, int] | None = None
         self._value = ""
+        self._clock = clock
+        self._next_check = float("-inf")
         if self._fixed is None:
             check_secret_file(self._path, SECRET_FILE_KEY)  # nobody else may have planted it
             if not self._path.exists():
@@ -61,6 +70,7 @@ class IdentityHeaderSecret:
             self._reload()
             if not self._value:
                 raise RuntimeError(f"Broker__ManagedIdentityEndpoint__SecretFile {self._path} is empty")
+            self._next_check = clock() + self.RECHECK_SECONDS
 
     @property
     def path(self) -> Path | None:
@@ -79,13 +89,15 @@ class IdentityHeaderSecret:
         log.info("generated the managed-identity endpoint secret in %s", self._path)
 
     def _reload(self) -> None:
+        """Re-read the file if its stamp changed (blocking but bounded: call off the loop)."""
+        path = str(self._path)
         try:
-            stat = self._path.stat()
+            stat = stat_file(path)
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp == self._stamp:
                 return
-            value = self._path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+            value = read_file(path).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
             if self._value:
                 log.warning(
                     "cannot re-read %s (%s); keeping the previous secret", self._path, type(exc).__name__
@@ -98,17 +110,21 @@ class IdentityHeaderSecret:
             self._value = value
             self._stamp = stamp
 
-    def current(self) -> str:
+    async def current(self) -> str:
+        """The secret in force; the file is looked at when the last look is a second old."""
         if self._fixed is not None:
             return self._fixed
-        self._reload()
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self.RECHECK_SECONDS  # requests meanwhile use the value in force
+            await run_off_loop(self._reload)
         return self._value
 
-    def matches(self, presented: str | None) -> bool:
+    async def matches(self, presented: str | None) -> bool:
         """Constant-time comparison with the current secret."""
         if not presented:
             return False
-        return hmac.compare_digest(presented.encode(), self.current().encode())
+        return hmac.compare_digest(presented.encode(), (await self.current()).encode())
 
 
 def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -160,7 +176,7 @@ def endpoints(services: ApiServices) -> list[Endpoint]:
         allow-list, the resource allow-list, never the token-exchange audience, and the cache-miss
         limiter.
         """
-        if not secret.matches(request.headers.get(IDENTITY_HEADER)):
+        if not await secret.matches(request.headers.get(IDENTITY_HEADER)):
             return _error(401, "unauthorized_client", f"the {IDENTITY_HEADER} header is missing or wrong")
         try:
             query = parse_query_string(request.rel_url.raw_query_string, Family.MSI)

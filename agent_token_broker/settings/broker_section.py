@@ -135,7 +135,7 @@ class ManagedIdentityEndpointConfig:
 
     enabled: bool = setting("Enabled", False, default_doc="`true` when `Secret` or `SecretFile` is set", doc="Serve `GET /msi/token` (App Service managed-identity protocol) on the API listener; see [integration.md](integration.md).")
     secret: Secret | None = setting("Secret", None, min_len=16, doc="The `X-IDENTITY-HEADER` value callers must send (their `IDENTITY_HEADER`). Not with `SecretFile`.")
-    secret_file: str = setting("SecretFile", DEFAULT_IDENTITY_HEADER_FILE, values_doc="path", doc="File holding the secret, re-read when it changes; if missing, a random one is written there (0600, directory 0700).")
+    secret_file: str = setting("SecretFile", DEFAULT_IDENTITY_HEADER_FILE, values_doc="path", doc="File holding the secret, looked at for a change at most once a second; if missing, a random one is written there (0600, directory 0700).")
     default_agent_identity: str | None = setting("DefaultAgentIdentity", None, parse=checks.guid(" (an agent identity client id)"), values_doc="GUID", live=True, doc="Agent identity of requests without `client_id` (\"system-assigned\"); without it `client_id` is required.")
     allowed_resources: tuple[str, ...] | None = setting("AllowedResources", None, parse=checks.resource, default_doc="the resources of the configured `DownstreamApis`", values_doc="URIs or app ids", live=True, doc="Resources `/msi/token` issues tokens for (case, trailing `/` and `/.default` ignored); others get 403. Never the token-exchange audience.")
 

@@ -192,9 +192,11 @@ async def test_generated_secret_file(
         query = f"api-version=2019-08-01&resource={demo.GRAPH_RESOURCE}&client_id={A1}"
         status, body = await msi_get(http, broker, query, header=generated)
         assert status == 200 and claims_of(body["access_token"])["oid"] == A1
-        # Rotation: the file is re-read when it changes.
+        # Rotation: the file is re-read when it changes (looked at once a second at most).
         secret_file.write_text("rotated-secret-rotated-secret\n")
-        status, _ = await msi_get(http, broker, query, header=generated)
+        async with asyncio.timeout(10):
+            while (status := (await msi_get(http, broker, query, header=generated))[0]) == 200:
+                await asyncio.sleep(0.1)
         assert status == 401
         status, _ = await msi_get(http, broker, query, header="rotated-secret-rotated-secret")
         assert status == 200

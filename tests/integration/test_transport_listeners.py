@@ -22,10 +22,12 @@ import aiohttp
 import pytest
 
 from agent_token_broker.listeners import BindError
+from agent_token_broker.metrics import CONNECTION_REASONS
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, base_env
+from tests.integration.helpers import samples, scrape, value
 from tests.integration.test_security_netns import HOST_IP, netns  # noqa: F401 - fixture
 from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
@@ -103,6 +105,18 @@ async def test_idle_connections_are_closed_on_both_listeners(
             writer.close()
         assert broker.guards["api"].stats.idle_timeouts == 2
         assert broker.guards["ops"].stats.idle_timeouts == 2
+        async with aiohttp.ClientSession() as http:
+            text = await scrape(http, broker)
+        closed = {
+            labels: count for (name, labels), count in samples(text).items()
+            if name == "agent_token_broker_connections_closed_total"
+        }  # fmt: skip
+        reasons = broker.guards["api"].stats.by_reason().keys()
+        assert tuple(reasons) == CONNECTION_REASONS
+        assert closed == {
+            (("listener", listener), ("reason", reason)): (2.0 if reason == "idle_timeout" else 0.0)
+            for listener in ("api", "ops") for reason in reasons
+        }  # fmt: skip
 
 
 async def test_a_trickled_request_head_gets_408(broker_factory: BrokerFactory, admin: EmulatorAdmin) -> None:
@@ -129,6 +143,10 @@ async def test_a_trickled_request_head_gets_408(broker_factory: BrokerFactory, a
             assert json.loads(body)["type"].endswith("header-timeout")
         assert broker.guards["api"].stats.header_timeouts == 1
         assert broker.guards["ops"].stats.header_timeouts == 1
+        async with aiohttp.ClientSession() as http:
+            text = await scrape(http, broker)
+        for listener in ("api", "ops"):
+            assert value(text, "connections_closed_total", listener=listener, reason="header_timeout") == 1
 
 
 async def test_a_slow_answer_is_not_cut_by_the_header_timeout(
@@ -178,9 +196,10 @@ async def test_ops_listener_caps_connections_per_peer(
         try:
             assert seen == {"held": 8, "refused": 4, "closed": 0, "failed": 0}, seen
             # Another address is not affected (the test process is another peer).
-            async with aiohttp.ClientSession() as http, http.get(broker.ops_url + "/metrics") as resp:
-                assert resp.status == 200
+            async with aiohttp.ClientSession() as http:
+                text = await scrape(http, broker)  # asserts a 200
             assert broker.guards["ops"].stats.refused == {"peer": 4}
+            assert value(text, "connections_closed_total", listener="ops", reason="peer") == 4
         finally:
             await _release(proc)
 

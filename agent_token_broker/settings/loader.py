@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_token_broker.settings.model import Settings
-from agent_token_broker.settings.schema import ConfigError, Problems, effective, expected, read, unknown_keys
+from agent_token_broker.settings.schema import ConfigError, Problems, effective, read, unread_keys
 from agent_token_broker.settings.tree import KNOWN_SECTIONS, URLS_VARIABLE, build_tree
 
 
@@ -38,7 +38,7 @@ def load_settings(
     problems.errors.extend(tree.problems)
     problems.warnings.extend(tree.warnings)
     settings = read(Settings, tree.root, "", problems)
-    unknown_keys(tree.root, expected(Settings), problems)
+    unread_keys(tree.root, problems)
     if problems.errors or settings is None:
         raise ConfigError(problems.errors or ["configuration: invalid"])
     return dataclasses.replace(settings, warnings=tuple(problems.warnings))

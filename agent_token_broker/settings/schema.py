@@ -4,7 +4,7 @@ A key is a field made by :func:`setting`: its name under the section, default, b
 one-line doc (a :class:`Key`); a ``Secret`` annotation makes it secret, a declared dataclass
 annotation a sub-section (the default is then its class), ``Mapping[str, X]`` named entries and
 ``tuple[X, ...]`` an array. From the declarations come reading and validation (:func:`read`),
-unknown-key detection (:func:`unknown_keys`), the redacted view ``check-config`` prints
+unknown-key detection (:func:`unread_keys`: a key no declaration looked up), the redacted view ``check-config`` prints
 (:func:`effective`), what a reload may apply (``changes.py``: ``live=True`` marks a key, or a
 section's keys, that a running broker takes on; every other key needs a restart) and the
 reference tables of docs/configuration.md (``docs.py``). SPIRE's struct-tagged configuration is
@@ -185,9 +185,18 @@ def _join(path: str, name: str) -> str:
 
 
 def _find(node: Node | None, name: str) -> Node | None:
+    """The node of ``name`` (``__``-separated) under ``node``; each node on the way counts as read."""
     for part in name.split("__"):
         node = node.child(part) if node is not None else None
+        if node is not None:
+            node.read = True
     return node
+
+
+def _read_all(node: Node) -> None:
+    node.read = True
+    for child in node.children.values():
+        _read_all(child)
 
 
 class Problems:
@@ -287,8 +296,10 @@ def _text(node: Node | None, key: Key) -> str | None:
 def indexed(node: Node, problems: Problems) -> list[Node]:
     """Children of an array node sorted by numeric index; bad indexes are reported."""
     for child in node.children.values():
+        child.read = True
         if not _INDEX.match(child.name):
             problems.error(child.path, "array index must be a non-negative integer")
+            _read_all(child)
     return sorted((c for c in node.children.values() if _INDEX.match(c.name)), key=lambda c: int(c.name))
 
 
@@ -313,6 +324,7 @@ def _entries(key: Key, shape: str, tp: Any, node: Node, problems: Problems) -> A
     for entry in node.children.values() if shape == "named" else indexed(node, problems):
         if shape == "named" and entry.name.lower() in reserved:
             continue  # a sibling key declared beside the entries (Broker__Callers__RequireMatch)
+        entry.read = True
         if shape == "named" and key.parse is not None:
             _convert(key, str, entry.name, entry.path, problems)
         ident = {"name": entry.name} if shape == "named" else {"index": int(entry.name)}
@@ -325,7 +337,8 @@ def read(cls: type[T], node: Node | None, path: str, problems: Problems, **extra
     """Read the declared dataclass ``cls`` from ``node``; problems are collected, not raised."""
     values, given, before = dict(extra), set(), len(problems.errors)
     for name, key, shape, tp, optional in declared(cls):
-        child = next((c for n in (key.name, *key.aliases) if (c := _find(node, n)) is not None), None)
+        found = [c for n in (key.name, *key.aliases) if (c := _find(node, n)) is not None]
+        child = found[0] if found else None
         key_path, text, value = _join(path, key.name), _text(child, key), MISSING
         if child is not None and (child.children or text is not None or shape == "list"):
             given.add(name)
@@ -349,6 +362,14 @@ def read(cls: type[T], node: Node | None, path: str, problems: Problems, **extra
             value = problems.values.get(key.default_key.lower(), MISSING)
         values[name] = default_of(cls, name) if value is MISSING else value
         problems.values[key_path.lower()] = values[name]
+    for marks, report in ((getattr(cls, "IGNORED", {}), problems.warn), (getattr(cls, "REJECTED", {}), problems.error)):
+        for name, text in marks.items():
+            if (marked := _find(node, name)) is not None:
+                report(marked.path, text)
+                _read_all(marked)
+    for name in getattr(cls, "OPEN", ()):
+        if (open_node := _find(node, name)) is not None:
+            _read_all(open_node)
     if hasattr(cls, "settle"):
         getattr(cls, "settle")(Draft(cls, path, values, given, problems))  # noqa: B009
     try:
@@ -372,58 +393,14 @@ def validate(obj: Any) -> None:
         raise ValueError(f"invalid {type(obj).__name__}: " + "; ".join(problems.errors))
 
 
-Expected = dict[str, Any]  # lower-case name -> Expected | "leaf" | "open" | ("ignored" | "rejected", text)
-
-
-def expected(cls: Any) -> Expected:
-    """The tree of keys ``cls`` declares; ``*`` stands for any name, ``#`` for any array index."""
-    tree: Expected = {}
-    marks: list[tuple[str, Any]] = []
-    for name, key, shape, tp, _ in declared(cls):
-        mark: Any = {"#": "leaf"} if shape == "list" else "leaf"
-        if shape == "section":
-            mark = expected(tp)
-        elif shape in ("named", "indexed"):
-            mark = {"*" if shape == "named" else "#": expected(tp)}
-        elif shape == "map":
-            mark = {n.lower(): "leaf" for n in default_of(cls, name)}
-        marks += [(n, mark) for n in (key.name, *key.aliases)]
-    marks += [(n, ("ignored", t)) for n, t in getattr(cls, "IGNORED", {}).items()]
-    marks += [(n, ("rejected", t)) for n, t in getattr(cls, "REJECTED", {}).items()]
-    marks += [(n, "open") for n in getattr(cls, "OPEN", ())]
-    for name, mark in marks:
-        *parents, last = name.lower().split("__")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        _merge(node, {last: mark})
-    return tree
-
-
-def _merge(into: Expected, other: Expected) -> None:
-    for name, sub in other.items():
-        if isinstance(sub, dict) and isinstance(into.get(name), dict):
-            _merge(into[name], sub)
+def unread_keys(node: Node, problems: Problems) -> None:
+    """Report every key under ``node`` that no declaration read (one line, at its top): what the
+    reader did not look up is not a key of ours (SPIRE's parser-detected unknown keys)."""
+    for child in node.children.values():
+        if child.read:
+            unread_keys(child, problems)
         else:
-            into[name] = dict(sub) if isinstance(sub, dict) else sub
-
-
-def unknown_keys(node: Node, tree: Expected, problems: Problems) -> None:
-    """Report every key under ``node`` that ``tree`` does not declare (one line, at its top)."""
-    for lower, child in node.children.items():
-        sub = tree.get(lower, tree.get("*"))
-        if sub is None and "#" in tree:
-            if not _INDEX.match(child.name):
-                continue  # reported by the reader
-            sub = tree["#"]
-        if sub is None:
             problems.error(child.path, "unknown key")
-        elif isinstance(sub, tuple):
-            (problems.warn if sub[0] == "ignored" else problems.error)(child.path, sub[1])
-        elif isinstance(sub, dict):
-            unknown_keys(child, sub, problems)
-        elif sub == "leaf" and child.children:
-            problems.error(next(iter(child.children.values())).path, "unknown key")
 
 
 def plain(value: Any) -> Any:

@@ -37,6 +37,7 @@ class Node:
     path: str
     value: str | None = None
     children: dict[str, Node] = field(default_factory=dict)
+    read: bool = False  # a declaration looked it up (see schema.unread_keys)
 
     def child(self, name: str) -> Node | None:
         return self.children.get(name.lower())

@@ -17,7 +17,7 @@ from aiohttp import web
 from entra_emulator import demo
 from entra_emulator.faults import parse_fault
 from entra_emulator.state import EmulatorState
-from entra_emulator.tenant import CredentialKinds, Directory, grant_delegated
+from entra_emulator.tenant import CredentialKinds, Directory, Resource, grant_delegated
 
 CONSENT_KINDS = ("application", "delegated")
 
@@ -135,15 +135,19 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
             raise AdminError(400, f"kind must be one of {CONSENT_KINDS}")
         return (str(kind),)
 
+    async def _consent_request(request: web.Request) -> tuple[dict[str, Any], str, Resource]:
+        """The body of a consent change, its ``client_id`` (lower-case) and its ``resource``."""
+        body = await _body(request)
+        res = directory().resource(str(body["resource"]))
+        if res is None:
+            raise AdminError(404, "unknown resource")
+        return body, str(body["client_id"]).lower(), res
+
     async def revoke_consent(request: web.Request) -> Any:
         """Revoke a client's consent on a resource: application and delegated (all users'
         and each user's own), or only ``kind``; with ``user``, only that user's own consent."""
-        body = await _body(request)
-        client_id, res_name = str(body["client_id"]).lower(), str(body["resource"])
+        body, client_id, res = await _consent_request(request)
         d = directory()
-        res = d.resource(res_name)
-        if res is None:
-            raise AdminError(404, "unknown resource")
         kinds = _consent_kinds(body)
         if body.get("user") is not None:
             user = d.user(str(body["user"]))
@@ -162,12 +166,8 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
 
     async def grant_consent(request: web.Request) -> Any:
         """Grant delegated ``scopes`` (for all users, or ``user`` only) or application ``roles``."""
-        body = await _body(request)
-        client_id, res_name = str(body["client_id"]).lower(), str(body["resource"])
+        body, client_id, res = await _consent_request(request)
         d = directory()
-        res = d.resource(res_name)
-        if res is None:
-            raise AdminError(404, "unknown resource")
         scopes, roles = list(body.get("scopes") or []), list(body.get("roles") or [])
         if not scopes and not roles:
             raise AdminError(400, "give delegated 'scopes' or application 'roles'")

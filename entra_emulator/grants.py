@@ -302,12 +302,7 @@ def _obo(state: EmulatorState, tenant: str, client: Client, form: Mapping[str, s
     scope = form.get("scope")
     if not scope:
         raise missing_param("scope")
-    claims = verify_emulator_token(
-        assertion, state.keys, state.issuer(tenant),
-        expired=lambda: invalid_grant(500133, "Assertion is not within its valid time range."),
-        invalid=lambda d: bad_assertion(f"Assertion failed signature validation. {d}"),
-        memo=state.verified,
-    )
+    claims = _verified(state, tenant, assertion, "Assertion failed signature validation.")
     if claims.get("idtyp") != "user" or "scp" not in claims:
         raise bad_assertion("The assertion is not a delegated user token.")
     bp_id = client.blueprint.app_id
@@ -321,6 +316,17 @@ def _obo(state: EmulatorState, tenant: str, client: Client, form: Mapping[str, s
     scopes = delegated_scopes(state.directory, client.client_id, scope, tenant, user.oid)
     kind = "obo" if client.agent else "blueprint_obo"
     return _user_body(state, tenant, client, user, scopes, kind, form)
+
+
+def _verified(state: EmulatorState, tenant: str, token: str, refusal: str) -> dict[str, Any]:
+    """The claims of a token this emulator issued in ``tenant`` (a user assertion or a T2);
+    refused with ``refusal`` and the reason when it is not valid, AADSTS500133 when expired."""
+    return verify_emulator_token(
+        token, state.keys, state.issuer(tenant),
+        expired=lambda: invalid_grant(500133, "Assertion is not within its valid time range."),
+        invalid=lambda d: bad_assertion(f"{refusal} {d}"),
+        memo=state.verified,
+    )
 
 
 def _user_or_fail(state: EmulatorState, tenant: str, key: str) -> User:
@@ -353,12 +359,7 @@ def _user_fic(state: EmulatorState, tenant: str, client: Client, form: Mapping[s
     scope = form.get("scope")
     if not scope:
         raise missing_param("scope")
-    claims = verify_emulator_token(
-        t2, state.keys, state.issuer(tenant),
-        expired=lambda: invalid_grant(500133, "Assertion is not within its valid time range."),
-        invalid=lambda d: bad_assertion(f"user_federated_identity_credential is not valid. {d}"),
-        memo=state.verified,
-    )
+    claims = _verified(state, tenant, t2, "user_federated_identity_credential is not valid.")
     if (
         claims.get("aud") != demo.TOKEN_EXCHANGE_APP_ID
         or claims.get("sub") != agent.app_id

@@ -7,6 +7,7 @@ Plain HTTP app (separate port): managed-identity endpoints (see mi.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,32 +67,30 @@ def discovery_document(state: EmulatorState, tenant: str) -> dict[str, Any]:
     }
 
 
-async def discovery(request: web.Request) -> web.StreamResponse:
+async def _per_tenant(
+    request: web.Request, endpoint: str, answer: Callable[[EmulatorState, str], web.Response]
+) -> web.StreamResponse:
+    """A per-tenant GET (discovery, JWKS): faults first, Entra's 400 for a tenant it does not know."""
     state = request.app[STATE]
     tenant = request.match_info["tenant"].lower()
-    resp, fault = await apply_faults(request, state, target="discovery", endpoint="discovery", leg="other",
+    resp, fault = await apply_faults(request, state, target="discovery", endpoint=endpoint, leg="other",
                                      client_id=None, fmi_path=None)
     if resp is not None:
         return resp
     if tenant not in state.directory.tenants:
-        state.log.record("discovery", "other", None, None, 400, 90002, fault)
+        state.log.record(endpoint, "other", None, None, 400, 90002, fault)
         return _unknown_tenant(state, request)
-    state.log.record("discovery", "other", None, None, 200, None, fault)
-    return _json(discovery_document(state, tenant), headers={"Cache-Control": "max-age=86400, private"})
+    state.log.record(endpoint, "other", None, None, 200, None, fault)
+    return answer(state, tenant)
+
+
+async def discovery(request: web.Request) -> web.StreamResponse:
+    return await _per_tenant(request, "discovery", lambda state, tenant: _json(
+        discovery_document(state, tenant), headers={"Cache-Control": "max-age=86400, private"}))
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    tenant = request.match_info["tenant"].lower()
-    resp, fault = await apply_faults(request, state, target="discovery", endpoint="jwks", leg="other",
-                                     client_id=None, fmi_path=None)
-    if resp is not None:
-        return resp
-    if tenant not in state.directory.tenants:
-        state.log.record("jwks", "other", None, None, 400, 90002, fault)
-        return _unknown_tenant(state, request)
-    state.log.record("jwks", "other", None, None, 200, None, fault)
-    return _json(state.keys.jwks())
+    return await _per_tenant(request, "jwks", lambda state, _tenant: _json(state.keys.jwks()))
 
 
 async def token(request: web.Request) -> web.StreamResponse:

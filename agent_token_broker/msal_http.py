@@ -21,6 +21,7 @@ Why our own client instead of MSAL's default:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 import threading
 import time
@@ -48,12 +49,10 @@ class CallState:
     refusal: dict[str, Any] | None = None  # Entra's error body of a refused discovery request
 
     def reset(self, *, assertion: str | None = None, correlation_id: str | None = None) -> None:
-        self.assertion = assertion
-        self.correlation_id = correlation_id
-        self.status = None
-        self.retry_after = None
-        self.response_correlation_id = None
-        self.refusal = None
+        """Start a new call: every field back to its default (none can be forgotten), then its inputs."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.default)
+        self.assertion, self.correlation_id = assertion, correlation_id
 
 
 class _Local(threading.local):

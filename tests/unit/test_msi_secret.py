@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from agent_token_broker.api.msi import IdentityHeaderSecret
 from agent_token_broker.settings import ManagedIdentityEndpointConfig
 
@@ -25,15 +27,24 @@ def _write(path: Path, text: str) -> None:
     os.replace(aside, path)  # a new inode and stamp, as a Secret volume update does
 
 
-async def test_the_file_is_looked_at_once_a_second_and_a_rotation_is_then_in_force(tmp_path: Path) -> None:
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
     directory = tmp_path / "shared"
     directory.mkdir(mode=0o700)
     path = directory / "identity-header"
     _write(path, "first-secret-first-secret")
+    return path
+
+
+def _secret(path: Path, clock: Clock) -> IdentityHeaderSecret:
+    return IdentityHeaderSecret(ManagedIdentityEndpointConfig(enabled=True, secret_file=str(path)), clock=clock)
+
+
+async def test_the_file_is_looked_at_once_a_second_and_a_rotation_is_then_in_force(secret_file: Path) -> None:
     clock = Clock()
-    secret = IdentityHeaderSecret(ManagedIdentityEndpointConfig(enabled=True, secret_file=str(path)), clock=clock)
+    secret = _secret(secret_file, clock)
     assert await secret.matches("first-secret-first-secret")
-    _write(path, "second-secret-second-secret")
+    _write(secret_file, "second-secret-second-secret")
     clock.now += 0.9  # within the second: the value in force, no look at the file
     assert await secret.matches("first-secret-first-secret")
     assert not await secret.matches("second-secret-second-secret")
@@ -43,14 +54,10 @@ async def test_the_file_is_looked_at_once_a_second_and_a_rotation_is_then_in_for
     assert not await secret.matches("") and not await secret.matches(None)
 
 
-async def test_an_unreadable_file_keeps_the_secret_in_force(tmp_path: Path) -> None:
-    directory = tmp_path / "shared"
-    directory.mkdir(mode=0o700)
-    path = directory / "identity-header"
-    _write(path, "first-secret-first-secret")
+async def test_an_unreadable_file_keeps_the_secret_in_force(secret_file: Path) -> None:
     clock = Clock()
-    secret = IdentityHeaderSecret(ManagedIdentityEndpointConfig(enabled=True, secret_file=str(path)), clock=clock)
-    path.unlink()
-    os.mkfifo(path)  # would block a plain open(); the bounded read refuses it at once
+    secret = _secret(secret_file, clock)
+    secret_file.unlink()
+    os.mkfifo(secret_file)  # would block a plain open(); the bounded read refuses it at once
     clock.now += 5
     assert await secret.matches("first-secret-first-secret")

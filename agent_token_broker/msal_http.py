@@ -194,8 +194,8 @@ class UpstreamHttp:
             with self._lock:
                 discovery[key] = resp
             return resp
-        self._record(resp)
-        if 400 <= resp.status_code < 500:
+        if 400 <= resp.status_code < 500:  # the authority answered: a refusal (e.g. no such tenant)
+            self._record(resp)
             call_state().refusal = _error_body(resp)
         return resp
 

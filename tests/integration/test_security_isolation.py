@@ -227,6 +227,17 @@ async def test_tenant_override_naming_no_tenant_90002_is_refused_on_its_key(setu
         assert ready.status == 200, await ready.text()
 
 
+async def test_a_discovery_outage_for_a_tenant_override_is_still_transient(setup: Setup) -> None:
+    """Only the authority's 4xx answer to discovery is a refusal: a 503 stays an outage
+    (503 + Retry-After, nothing remembered as a refusal)."""
+    s = setup
+    s.admin.fault(target="discovery", mode="status", status=503, count=1)
+    url = s.url(f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}")
+    reply = await fetch(s.session, url, headers=s.bearer())
+    assert reply.status == 503 and "Retry-After" in reply.headers, reply.body
+    assert reply.body["type"].endswith("authority-unavailable"), reply.body
+
+
 async def test_unknown_resource_500011_for_an_agent_stays_on_its_key(setup: Setup) -> None:
     s = setup
     victims = await warm(s)

@@ -20,8 +20,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from loadtests import procs
 from loadtests.clients import warm
-from loadtests.context import HOT_PATH, Ctx, Options
+from loadtests.context import HOT_PATH, Ctx, Options, agent_path
 from loadtests.scenarios_flows import mixed_requests
 
 
@@ -56,16 +57,20 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--save", type=Path, help="keep the raw profile here")
-    p.add_argument("--requests", choices=("hot", "mixed"), default="hot",
-                   help="one hot key (default) or the mixed scenario's requests (incl. OBO)")
+    p.add_argument("--requests", choices=("hot", "mixed", "spread"), default="hot",
+                   help="one hot key (default), the mixed scenario's requests (incl. OBO), or --keys keys")
+    p.add_argument("--keys", type=int, default=2000, help="keys (agent identities) for --requests spread")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Ctx(Options(connections=args.connections), Path(tmp))
         out = Path(tmp) / ("broker.prof" if args.tool == "cprofile" else "broker.collapsed")
         try:
-            emu, admin = ctx.emulator()
+            emu, admin = ctx.emulator(args.keys if args.requests == "spread" else 2)
             broker = ctx.broker(emu, profile_out=out if args.tool == "cprofile" else None)
-            lines = [(HOT_PATH, {})] if args.requests == "hot" else mixed_requests(admin)
+            if args.requests == "spread":
+                lines: list[tuple[str, dict[str, str]]] = [(agent_path(a), {}) for a in procs.agent_ids(args.keys)]
+            else:
+                lines = [(HOT_PATH, {})] if args.requests == "hot" else mixed_requests(admin)
             warm(broker.url, lines, concurrency=4)
             reqs = ctx.requests_file("requests", lines)
             ctx.wrk(broker.url, reqs, 2.0)  # warm

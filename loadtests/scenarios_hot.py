@@ -177,7 +177,8 @@ def spread_keys(ctx: Ctx) -> dict[str, Any]:
         base = ctx.baseline(body)
         many = ctx.requests_file("spread", [(p, {}) for p in w.done_paths])
         one = ctx.requests_file("one", [(w.done_paths[0], {})])
-        targets = {"aiohttp": (base.url, one), "broker 1 key": (broker.url, one),
+        # The bare app gets the same request file (it answers any path): the same targets, parsed alike.
+        targets = {"aiohttp": (base.url, many), "broker 1 key": (broker.url, one),
                    f"broker {w.ok} keys": (broker.url, many)}
         runs = interleave(ctx, targets, duration, o.rounds, {"aiohttp": base.pid, "broker 1 key": broker.pid,
                                                              f"broker {w.ok} keys": broker.pid})
@@ -191,7 +192,8 @@ def spread_keys(ctx: Ctx) -> dict[str, Any]:
         notes.append(f"warm budget ({o.warm_budget:g} s) ran out: {w.ok} of {n} keys warmed (failed {w.failed}).")
     return {
         "scenario": "spread",
-        "description": f"Hot hits spread over {w.ok} keys (one per agent identity), wrk cycling through them.",
+        "description": f"Hot hits spread over {w.ok} keys (one per agent identity), wrk cycling through them "
+                       "(the bare aiohttp app gets the same request lines).",
         "table": summarize(runs),
         "ratios": {"many_vs_aiohttp": r_many, "many_vs_one_key": r_one},
         "warm": w.as_dict(), "broker_after": stats,

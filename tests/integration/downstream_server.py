@@ -151,8 +151,8 @@ async def downstream(emulator: EmulatorServer) -> AsyncIterator[Downstream]:
     other_site = web.TCPSite(runners[1], "127.0.0.1", 0)
     await main_site.start()
     await other_site.start()
-    state.url = f"https://127.0.0.1:{main_site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    state.other_url = f"http://127.0.0.1:{other_site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    state.url = f"https://127.0.0.1:{runners[0].addresses[0][1]}"  # aiohttp's public bound addresses
+    state.other_url = f"http://127.0.0.1:{runners[1].addresses[0][1]}"
     try:
         yield state
     finally:

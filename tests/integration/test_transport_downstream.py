@@ -101,7 +101,7 @@ async def servers(emulator: EmulatorServer) -> AsyncIterator[Servers]:
     ]
     for site in sites:
         await site.start()
-    ports = [site._server.sockets[0].getsockname()[1] for site in sites]  # type: ignore[union-attr]
+    ports = [runner.addresses[0][1] for runner in runners]  # one site per runner
     state.url = f"https://127.0.0.1:{ports[0]}"
     state.other_url = f"https://localhost:{ports[1]}"
     state.plain_url = f"http://127.0.0.1:{ports[2]}"

@@ -98,7 +98,7 @@ async def slow_api(emulator: EmulatorServer) -> AsyncIterator[tuple[str, asyncio
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"https://127.0.0.1:{port}", release, holding
     finally:

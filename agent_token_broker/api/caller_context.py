@@ -14,7 +14,6 @@ transport here.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from agent_token_broker.api.caller_policy import OTHER, CallerRule, CallerTable
@@ -39,22 +38,19 @@ class CallerContext:
         self.hit_key: HitKey | None = None
 
 
-# Transport -> context; an entry goes with its connection (uvloop and asyncio transports are weakly referenceable).
-_BY_TRANSPORT: weakref.WeakKeyDictionary[Any, CallerContext] = weakref.WeakKeyDictionary()
-
-
 def caller_context(request: Any) -> CallerContext | None:
-    """The caller of ``request``'s connection (None when the connection is gone)."""
+    """The caller of ``request``'s connection (None when the connection is gone).
+
+    Kept on the connection (the API front's :class:`~agent_token_broker.api.protocol.Connection`),
+    so it is looked up once per connection. A request served by any other protocol has no place to
+    keep it and gets a fresh lookup: correct, never shared through module-level state."""
     transport = request.transport
     if transport is None:
         return None
     connection = getattr(request.protocol, "connection", None)  # the API front's ApiProtocol
-    if connection is not None:
-        own: CallerContext | None = connection.caller_context
-        if own is None:
-            own = connection.caller_context = CallerContext(identify_transport(transport))
-        return own
-    context = _BY_TRANSPORT.get(transport)
-    if context is None:
-        context = _BY_TRANSPORT[transport] = CallerContext(identify_transport(transport))
-    return context
+    if connection is None:
+        return CallerContext(identify_transport(transport))
+    own: CallerContext | None = connection.caller_context
+    if own is None:
+        own = connection.caller_context = CallerContext(identify_transport(transport))
+    return own

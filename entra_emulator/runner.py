@@ -134,6 +134,18 @@ class EmulatorAdmin:
     def counts(self) -> dict[str, int]:
         return dict(self.log()["counts"])
 
+    def last_seq(self) -> int:
+        """The sequence number of the latest logged request: ``token_requests(since=…)`` starts after it."""
+        return int(self.log(since=1 << 60)["last_seq"])
+
+    def token_requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """Logged token-endpoint requests after ``since`` that carry a grant (acquisitions).
+
+        Leaves out leg ``other`` (no grant or an unknown one), such as the probes a degraded
+        broker's readiness monitor sends on its own.
+        """
+        return [e for e in self.log(since=since)["requests"] if e["endpoint"] == "token" and e["leg"] != "other"]
+
     def fault(self, **kw: Any) -> str:
         """Add a fault; keywords as the POST /_emulator/faults body. Returns its id."""
         return str(self._call("POST", "faults", kw)["id"])

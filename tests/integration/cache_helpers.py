@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 
 from entra_emulator import demo
-from entra_emulator.runner import EmulatorAdmin
 from tests.integration.helpers import claims_of
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
@@ -70,6 +69,13 @@ async def fetch(session: aiohttp.ClientSession, url: str, *, headers: dict[str, 
             return Reply(resp.status, body, resp.content_type, dict(resp.headers), sent, received)
 
 
+async def fetch_until(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
+    """GET ``url`` again and again (0.05 s apart) until ``stop`` is set, appending each reply to ``out``."""
+    while not stop.is_set():
+        out.append(await fetch(session, url))
+        await asyncio.sleep(0.05)
+
+
 async def sleep_until(moment: float) -> None:
     """Wait until the wall clock (the broker's cache clock) reads ``moment`` or later."""
     while (left := moment - time.time()) > 0:
@@ -81,21 +87,6 @@ def client_session(limit: int = 100, total: float = 60.0) -> aiohttp.ClientSessi
         connector=aiohttp.TCPConnector(limit=limit),
         timeout=aiohttp.ClientTimeout(total=total),
     )
-
-
-def requests_since(admin: EmulatorAdmin, seq: int = 0) -> list[dict[str, Any]]:
-    """Token requests in the emulator log after ``seq``.
-
-    Leaves out the readiness monitor's probes (leg ``other``: no grant, no token), which a
-    degraded broker sends on its own and which are not acquisitions.
-    """
-    return [
-        e for e in admin.log(since=seq)["requests"] if e["endpoint"] == "token" and e["leg"] != "other"
-    ]
-
-
-def last_seq(admin: EmulatorAdmin) -> int:
-    return int(admin.log(since=1 << 60)["last_seq"])
 
 
 def select(

@@ -9,16 +9,7 @@ import aiohttp
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    app_path,
-    client_session,
-    fetch,
-    last_seq,
-    requests_since,
-    select,
-)
+from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, select
 from tests.integration.conftest import BrokerFactory
 
 SECRET = "s3cret-admin-value-for-tests-0123"
@@ -50,11 +41,11 @@ async def test_cache_clear_by_agent_blueprint_and_all(
         assert (status, ctype) == (200, "application/json"), body
         assert body["evicted"] == 3 and body["remaining"] == 3
 
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         assert (await fetch(s, api + app_path(A2))).status == 200  # A2 still cached
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []
         assert (await fetch(s, api + app_path(A1))).status == 200  # A1 acquired again
-        legs = sorted(e["leg"] for e in requests_since(admin, seq))
+        legs = sorted(e["leg"] for e in admin.token_requests(seq))
         assert legs == ["app", "t1"], legs
 
         status, _, body = await _clear(
@@ -134,14 +125,14 @@ async def test_disabled_agent_refused_at_t1_evicts_only_that_agent(
         admin.disable_agent(A1)
         status, _, body = await _clear(s, broker.ops_url, {"type": "agent", "value": A1})
         assert status == 200 and body["evicted"] == 2
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         refused = await fetch(s, api + app_path(A1))
         assert refused.status == 401 and refused.content_type == "application/problem+json"
         assert refused.body["errorCode"] == "AADSTS7000112", refused.body
-        t1 = select(requests_since(admin, seq), leg="t1", fmi_path=A1)
+        t1 = select(admin.token_requests(seq), leg="t1", fmi_path=A1)
         assert len(t1) == 1 and t1[0]["error_code"] == 7000112, t1
         # A2's tokens survived: served from cache without any upstream request.
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         again = await fetch(s, api + app_path(A2))
         assert again.status == 200 and again.token == before[A2].token
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []

@@ -7,16 +7,7 @@ import json
 from urllib.parse import quote
 
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    app_path,
-    client_session,
-    fetch,
-    requests_since,
-    select,
-    sleep_until,
-)
+from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, select, sleep_until
 from tests.integration.conftest import BrokerFactory
 
 INTERVAL = 2.0
@@ -31,7 +22,7 @@ CLAIMS = "&optionsOverride.AcquireTokenOptions.Claims=" + quote(
 
 
 def _app_calls(admin: EmulatorAdmin, agent: str) -> int:
-    return len(select(requests_since(admin), leg="app", client_id=agent, status=200))
+    return len(select(admin.token_requests(), leg="app", client_id=agent, status=200))
 
 
 async def test_force_refresh_bypasses_the_cache_at_most_once_per_interval(

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
 from entra_emulator.runner import EmulatorAdmin
 from tests.integration.cache_helpers import (
     A1,
@@ -24,8 +22,7 @@ from tests.integration.cache_helpers import (
     app_path,
     client_session,
     fetch,
-    last_seq,
-    requests_since,
+    fetch_until,
     select,
 )
 from tests.integration.conftest import BrokerFactory
@@ -37,12 +34,6 @@ WORKERS_PER_KEY = 4
 PHASE = {"503": 4.0, "hang": 3.5, "reset": 2.5}
 AFTER_RECOVERY = 1.5
 KEYS = [(A1, "graph"), (A1, "demo"), (A2, "graph")]
-
-
-async def _worker(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
-    while not stop.is_set():
-        out.append(await fetch(session, url))
-        await asyncio.sleep(0.05)
 
 
 async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_per_key(
@@ -66,12 +57,12 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
         urls = {key: broker.api_urls[0] + app_path(*key) for key in KEYS}
         first = {key: await fetch(session, url) for key, url in urls.items()}
         assert {r.status for r in first.values()} == {200}
-        before_outage = last_seq(admin)
+        before_outage = admin.last_seq()
 
         replies: dict[tuple[str, str], list[Reply]] = {key: [] for key in KEYS}
         stop = asyncio.Event()
         workers = [
-            asyncio.ensure_future(_worker(session, urls[key], stop, replies[key]))
+            asyncio.ensure_future(fetch_until(session, urls[key], stop, replies[key]))
             for key in KEYS
             for _ in range(WORKERS_PER_KEY)
         ]
@@ -87,7 +78,7 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
             admin.clear_faults()  # releases the hung requests (closed without an answer)
             admin.fault(target="token", mode="reset")
             await asyncio.sleep(PHASE["reset"])
-            during_outage = last_seq(admin)  # read before the faults clear: no success can slip in
+            during_outage = admin.last_seq()  # read before the faults clear: no success can slip in
             admin.clear_faults()
             recovered = time.time()
             await asyncio.sleep(AFTER_RECOVERY)
@@ -96,7 +87,7 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
             async with asyncio.timeout(20):
                 await asyncio.gather(*workers)
 
-    outage = requests_since(admin, before_outage)
+    outage = admin.token_requests(before_outage)
     # A request between that read and clear_faults was still failed by a fault: it belongs to the outage.
     in_outage = [e for e in outage if e["seq"] <= during_outage or e["fault"]]
     after = [e for e in outage if e["seq"] > during_outage and not e["fault"]]

@@ -19,16 +19,7 @@ import aiohttp
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    Reply,
-    app_path,
-    client_session,
-    fetch,
-    requests_since,
-    select,
-)
+from tests.integration.cache_helpers import A1, A2, Reply, app_path, client_session, fetch, select
 from tests.integration.conftest import BrokerFactory
 
 LIFETIME = 6
@@ -96,7 +87,7 @@ async def test_hot_keys_are_refreshed_ahead_with_jitter_and_idle_keys_are_not(
                 _hammer(session, api + app_path(A1), until),
                 *(_hammer(session, obo_url, until, token=u) for u in users),
             )
-    entries = requests_since(admin)
+    entries = admin.token_requests()
     failed = [e for e in entries if e["status"] != 200]
     assert not failed, failed[:3]
 

@@ -20,8 +20,7 @@ from tests.integration.cache_helpers import (
     app_path,
     client_session,
     fetch,
-    last_seq,
-    requests_since,
+    fetch_until,
     select,
 )
 from tests.integration.conftest import BrokerFactory
@@ -29,12 +28,6 @@ from tests.integration.conftest import BrokerFactory
 LIFETIME = 8
 NEGATIVE_TTL = 1.0
 PHASE_TIMEOUT = 10.0
-
-
-async def _worker(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
-    while not stop.is_set():
-        out.append(await fetch(session, url))
-        await asyncio.sleep(0.05)
 
 
 async def _until(predicate: object, timeout: float = PHASE_TIMEOUT) -> None:
@@ -79,7 +72,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
         }
         replies: dict[str, list[Reply]] = {name: [] for name in urls}
         stop = asyncio.Event()
-        workers = [asyncio.ensure_future(_worker(session, u, stop, replies[n])) for n, u in urls.items()]
+        workers = [asyncio.ensure_future(fetch_until(session, u, stop, replies[n])) for n, u in urls.items()]
         try:
             await _until(lambda: all(replies.values()))
             assert all(r[0].status == 200 for r in replies.values())
@@ -91,7 +84,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
             )
             agent_stopped = time.time()
             await asyncio.sleep(2 * NEGATIVE_TTL + 0.2)  # refused requests keep coming
-            revoked_seq = last_seq(admin)
+            revoked_seq = admin.last_seq()
 
             admin.disable_blueprint(demo.BLUEPRINT_APP_ID)
             blueprint_off = time.time()
@@ -104,7 +97,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
 
             admin.enable_blueprint(demo.BLUEPRINT_APP_ID)
             admin.enable_agent(A1)
-            enabled_seq = last_seq(admin)
+            enabled_seq = admin.last_seq()
             enabled = time.time()
             await _until(
                 lambda: all(r and r[-1].sent > enabled and r[-1].status == 200 for r in replies.values()),
@@ -121,7 +114,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
     for name in ("a2-graph", "blueprint"):
         assert all(r.status == 200 for r in replies[name] if r.received < blueprint_off), name
     # While refused, A1 is not hammered upstream: about one attempt per negative TTL per key.
-    phase1 = requests_since(admin)
+    phase1 = admin.token_requests()
     a1_refusals = [
         e
         for e in phase1
@@ -138,7 +131,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
     _check_revoked_at_refresh(replies["blueprint"], blueprint_off, enabled)
 
     # Re-enabled: requests reach the authority again (no client-side replay of the 400s).
-    after = requests_since(admin, enabled_seq)
+    after = admin.token_requests(enabled_seq)
     assert select(after, leg="app", client_id=A1, status=200)
     assert select(after, leg="blueprint_app", status=200)
     # Each revocation was logged with its cause, the identity and the home tenant.
@@ -187,14 +180,14 @@ async def test_a_blueprint_disabled_in_one_tenant_is_revoked_in_that_tenant_only
         admin.disable_blueprint(demo.BLUEPRINT_APP_ID, tenant=demo.OTHER_TENANT_ID)
         refused = await fetch(session, away["graph"] + "&optionsOverride.AcquireTokenOptions.ForceRefresh=true")
         assert refused.status == 401 and refused.body["errorCode"] == "AADSTS7000112", refused.body
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         sibling = await fetch(session, away["demo"])  # revoked with it, answered from memory
         assert sibling.status == 401 and sibling.body["errorCode"] == "AADSTS7000112", sibling.body
         assert demo.BLUEPRINT_APP_ID in sibling.body["detail"] and "correlationId" not in sibling.body
         for url in home.values():  # the home tenant's tokens: the same cached tokens
             again = await fetch(session, url)
             assert again.status == 200 and again.token == served[url].token, again.body
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []
         counted = await _revocations(session, broker.ops_url)
     assert counted[("blueprint", "disabled")] == 1 and sum(counted.values()) == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "revoking" in r.getMessage()]

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, requests_since, select
+from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, select
 from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import scrape, value, wait_for_metric
 
@@ -26,7 +26,7 @@ async def test_thousand_concurrent_cold_requests_make_one_upstream_request_per_l
     assert statuses == {200}, statuses
     assert len({r.token for r in replies}) == 1
     assert replies[0].claims["oid"] == A1
-    entries = requests_since(admin)
+    entries = admin.token_requests()
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["leg"]] = counts.get(e["leg"], 0) + 1
@@ -57,7 +57,7 @@ async def test_disconnected_waiters_do_not_cancel_the_shared_acquisition(
     assert {r.status for r in replies} == {200}
     assert len({r.token for r in replies}) == 1
     assert late.status == 200 and late.token == replies[0].token
-    entries = requests_since(admin)
+    entries = admin.token_requests()
     assert len(select(entries, leg="t1", status=200)) == 1
     assert len(select(entries, leg="app", client_id=A2)) == 1
     assert len(entries) == 2, entries

@@ -11,17 +11,7 @@ import time
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    Reply,
-    app_path,
-    client_session,
-    fetch,
-    last_seq,
-    requests_since,
-    select,
-)
+from tests.integration.cache_helpers import A1, A2, Reply, app_path, client_session, fetch, select
 from tests.integration.conftest import BrokerFactory
 
 RETRY_AFTER = 3
@@ -42,7 +32,7 @@ async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
         assert first.status == 503 and first.content_type == "application/problem+json", first.body
         assert first.body["errorCode"] == "AADSTS90055", first.body
         assert int(first.headers["Retry-After"]) == RETRY_AFTER
-        throttled_at = select(requests_since(admin), leg="app", client_id=A1, status=429)[0]["time"]
+        throttled_at = select(admin.token_requests(), leg="app", client_id=A1, status=429)[0]["time"]
 
         # Until Retry-After has passed: refused at once from the negative cache, no upstream request.
         repeats: list[Reply] = []
@@ -54,15 +44,15 @@ async def test_429_on_a_cold_key_holds_that_key_for_retry_after_only(
         assert len(repeats) >= 10
         assert all(r.status == 503 for r in repeats), [r.status for r in repeats]
         assert all(1 <= int(r.headers["Retry-After"]) <= RETRY_AFTER for r in repeats)
-        assert len(select(requests_since(admin), leg="app", client_id=A1)) == 1
+        assert len(select(admin.token_requests(), leg="app", client_id=A1)) == 1
 
         await asyncio.sleep(max(0.0, throttled_at + RETRY_AFTER + 0.1 - time.time()))
         after = await fetch(s, url1)
         assert after.status == 200, after.body
-    a1_calls = select(requests_since(admin), leg="app", client_id=A1)
+    a1_calls = select(admin.token_requests(), leg="app", client_id=A1)
     assert [e["status"] for e in a1_calls] == [429, 200]
     assert a1_calls[1]["time"] >= throttled_at + RETRY_AFTER
-    assert len(select(requests_since(admin), leg="app", client_id=A2)) == 1  # A2 cached after its first
+    assert len(select(admin.token_requests(), leg="app", client_id=A2)) == 1  # A2 cached after its first
 
 
 async def test_429_on_one_agents_t1_does_not_throttle_sibling_agents(
@@ -72,11 +62,11 @@ async def test_429_on_one_agents_t1_does_not_throttle_sibling_agents(
     async with broker_factory() as broker, client_session() as s:
         throttled = await fetch(s, broker.api_urls[0] + app_path(A1))
         assert throttled.status == 503 and int(throttled.headers["Retry-After"]) == 30
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         sibling = await fetch(s, broker.api_urls[0] + app_path(A2))
         assert sibling.status == 200, sibling.body
         # The sibling's T1 (same blueprint client, other fmi_path) really went to the authority.
-        assert len(select(requests_since(admin, seq), leg="t1", fmi_path=A2, status=200)) == 1
+        assert len(select(admin.token_requests(seq), leg="t1", fmi_path=A2, status=200)) == 1
 
 
 async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits_retry_after(
@@ -105,7 +95,7 @@ async def test_429_during_a_background_refresh_serves_the_cached_token_and_waits
         while time.time() < deadline:
             replies.append(await fetch(s, url))
             await asyncio.sleep(0.05)
-    calls = select(requests_since(admin), leg="blueprint_app")
+    calls = select(admin.token_requests(), leg="blueprint_app")
     # The first acquisition, the throttled refresh, its retry; on a slow machine the new token's
     # own regular refresh may also fall inside the window (it must succeed: the fault was count=1).
     statuses = [e["status"] for e in calls]
@@ -135,11 +125,11 @@ async def test_a_throttling_code_on_http_400_is_transient_not_a_refusal(
             assert throttled.status == 503 and throttled.content_type == "application/problem+json"
             assert throttled.body["errorCode"] == f"AADSTS{code}", throttled.body
             assert "Retry-After" in throttled.headers
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         assert (await fetch(s, broker.api_urls[0] + app_path(A2))).token == warm.token  # nothing revoked
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []
         async with asyncio.timeout(10):  # once its Retry-After has passed the key is asked for again
             while (await fetch(s, broker.api_urls[0] + app_path(A1))).status != 200:
                 await asyncio.sleep(0.1)
-    assert [e["status"] for e in select(requests_since(admin), leg="app", client_id=A1)] == [400, 400, 200]
-    assert not select(requests_since(admin), leg="t1", status=400)
+    assert [e["status"] for e in select(admin.token_requests(), leg="app", client_id=A1)] == [400, 400, 200]
+    assert not select(admin.token_requests(), leg="t1", status=400)

@@ -19,7 +19,6 @@ import pytest
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import last_seq, requests_since
 from tests.integration.conftest import BrokerFactory
 from tests.integration.downstream_server import Downstream, api_keys, call
 from tests.integration.helpers import bearer_claims, get
@@ -54,11 +53,11 @@ async def warm(http: aiohttp.ClientSession, broker: RunningBroker) -> dict[str, 
 async def assert_victims_served_from_cache(
     http: aiohttp.ClientSession, broker: RunningBroker, admin: EmulatorAdmin, tokens: dict[str, str]
 ) -> None:
-    since = last_seq(admin)
+    since = admin.last_seq()
     for path, header in tokens.items():
         status, body, _ = await get(http, broker, path)
         assert status == 200 and body["authorizationHeader"] == header, body
-    assert requests_since(admin, since) == []
+    assert admin.token_requests(since) == []
 
 
 # -- issue 13: unknown parameters, explained refusals, the AzureAd__Scopes check ---------------
@@ -69,7 +68,7 @@ async def test_unknown_query_parameters_are_refused_on_every_token_route(
 ) -> None:
     user = admin.user_token(demo.DEMO_USER_UPN)
     async with broker_factory(**MSI, **api_keys(downstream)) as broker:
-        since = last_seq(admin)
+        since = admin.last_seq()
         for method, path, token in (
             ("GET", f"/AuthorizationHeader/graph?AgentIdentiy={A1}", user),
             ("GET", f"{UNAUTH}/graph?AgentIdentiy={A1}", None),
@@ -84,7 +83,7 @@ async def test_unknown_query_parameters_are_refused_on_every_token_route(
         assert status == 400 and "access_token" not in body
         assert body["error"] == "invalid_request" and "clientid is not a query parameter" in body["message"], body
         # Before the fix, the misspelt AgentIdentity silently got the blueprint's token.
-        assert requests_since(admin, since) == [] and downstream.seen == []
+        assert admin.token_requests(since) == [] and downstream.seen == []
 
 
 async def test_a_gated_refusal_is_logged_once_per_cause_per_minute(
@@ -128,7 +127,7 @@ async def test_msi_refuses_agents_resources_and_the_exchange_audience_outside_po
 ) -> None:
     async with broker_factory(**MSI, Broker__AllowedAgentIdentities__0=A1, Broker__AllowedAgentIdentities__1=A2) as broker:
         victims = await warm(http, broker)
-        since = last_seq(admin)
+        since = admin.last_seq()
         status, body = await msi_get(http, broker, f"resource={demo.GRAPH_RESOURCE}&client_id={A1}")
         assert status == 200 and body["client_id"] == A1
         refusals = {
@@ -141,7 +140,7 @@ async def test_msi_refuses_agents_resources_and_the_exchange_audience_outside_po
             status, body = await msi_get(http, broker, query)
             assert status == 403, (query, body)
             assert "access_token" not in body and body["error"] == "access_denied" and words in body["message"], body
-        assert {r["leg"] for r in requests_since(admin, since)} <= {"t1", "app"}  # only the allowed request
+        assert {r["leg"] for r in admin.token_requests(since)} <= {"t1", "app"}  # only the allowed request
         await assert_victims_served_from_cache(http, broker, admin, victims)
 
 
@@ -156,7 +155,7 @@ async def test_no_route_mints_the_exchange_audience_for_a_caller_chosen_scope(
             "Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated": "true"}  # fmt: skip
     async with broker_factory(**keys) as broker:
         victims = await warm(http, broker)
-        since = last_seq(admin)
+        since = admin.last_seq()
         for scope in (EXCHANGE, "API://AzureADTokenExchange", "api://AzureAdTokenExchange//.default"):
             q = f"AgentIdentity={A1}&optionsOverride.RequestAppToken=true&optionsOverride.Scopes={quote(scope, safe='')}"
             for method, path, token in (
@@ -169,7 +168,7 @@ async def test_no_route_mints_the_exchange_audience_for_a_caller_chosen_scope(
                 status, body = await call(http, broker, path, token=token, method=method)
                 assert status == 403 and body["type"].endswith("exchange-audience"), (path, body)
                 assert "authorizationHeader" not in body
-        assert requests_since(admin, since) == [] and downstream.seen == []
+        assert admin.token_requests(since) == [] and downstream.seen == []
         await assert_victims_served_from_cache(http, broker, admin, victims)
 
 
@@ -202,7 +201,7 @@ async def test_distinct_agent_floods_cost_at_most_the_burst_on_every_route(
         status, body, _ = await get(http, broker, f"{UNAUTH}/graph?AgentIdentity={A2}")
         assert status == 200, body
         victim = body["authorizationHeader"]
-        since = last_seq(admin)
+        since = admin.last_seq()
         statuses: dict[int, int] = {}
         for _ in range(200):
             agent = uuid.uuid4()
@@ -213,7 +212,7 @@ async def test_distinct_agent_floods_cost_at_most_the_burst_on_every_route(
             else:
                 status, _ = await msi_get(http, broker, f"resource={demo.GRAPH_RESOURCE}&client_id={agent}")
             statuses[status] = statuses.get(status, 0) + 1
-        upstream = requests_since(admin, since)
+        upstream = admin.token_requests(since)
         assert len(upstream) <= burst, (len(upstream), statuses)
         assert statuses.get(429, 0) >= 200 - burst and statuses.get(200, 0) == 0, statuses
         status, body, _ = await get(http, broker, f"{UNAUTH}/graph?AgentIdentity={A2}")  # hits are never limited
@@ -229,12 +228,12 @@ async def test_downstream_api_refuses_a_token_for_another_resource(
 ) -> None:
     user = admin.user_token(demo.DEMO_USER_UPN)
     async with broker_factory(**api_keys(downstream)) as broker:
-        since = last_seq(admin)
+        since = admin.last_seq()
         status, body = await call(
             http, broker, f"/DownstreamApi/down?optionsOverride.Scopes={quote(demo.DEMO_API_RESOURCE)}/.default", token=user
         )
         assert status == 403 and body["type"].endswith("audience-not-for-api"), body
-        assert downstream.seen == [] and requests_since(admin, since) == []
+        assert downstream.seen == [] and admin.token_requests(since) == []
         # A scope of the API's own resource is still fine.
         status, body = await call(
             http, broker, f"/DownstreamApi/down?optionsOverride.Scopes={quote(demo.GRAPH_RESOURCE)}/User.Read", token=user

@@ -16,7 +16,6 @@ from agent_token_broker.server import RunningBroker
 from agent_token_broker.settings import CaseInsensitiveMapping
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
-from tests.integration.cache_helpers import last_seq, requests_since
 from tests.integration.conftest import BrokerFactory, make_settings
 from tests.integration.helpers import get
 
@@ -43,7 +42,7 @@ async def test_a_narrowed_allow_list_refuses_a_remembered_request_and_keeps_the_
         assert broker.api is not None
         gate = broker.api.gate
         assert gate.memo_bytes > 0  # both decisions remembered
-        seq = last_seq(admin)
+        seq = admin.last_seq()
 
         report = runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1))
 
@@ -53,7 +52,7 @@ async def test_a_narrowed_allow_list_refuses_a_remembered_request_and_keeps_the_
         status, body, _ = await get(http, broker, two)
         assert status == 403 and body["type"].endswith("agent-not-allowed"), body
         assert await _token(http, broker, one) == first  # the same cached token
-        assert requests_since(admin, seq) == []  # and no upstream call for it
+        assert admin.token_requests(seq) == []  # and no upstream call for it
         assert runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1)).result == UNCHANGED
 
 
@@ -69,9 +68,9 @@ async def test_changed_scopes_of_an_api_apply_to_remembered_requests(
         assert demo_api != graph
         back = make_settings(emulator)
         assert broker.runtime.apply_settings(back).result == APPLIED
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         assert await _token(http, broker, path) == graph  # the graph token was kept in the cache
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []
 
 
 async def test_guards_limits_and_override_flags_follow_a_reload(
@@ -185,7 +184,7 @@ async def test_msi_resource_allow_lists_follow_a_reload_and_keep_the_cache(
         assert status == 200, graph
         status, body = await msi(demo.DEMO_API_RESOURCE)
         assert status == 200, body
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         env = make_settings(emulator, **keys)
         dropped = dict(env.downstream_apis)
         dropped.pop("demo")
@@ -204,4 +203,4 @@ async def test_msi_resource_allow_lists_follow_a_reload_and_keep_the_cache(
         assert status == 403, body
         status, body = await msi(demo.DEMO_API_RESOURCE)
         assert status == 200, body
-        assert requests_since(admin, seq) == []  # the demo API's token was still cached
+        assert admin.token_requests(seq) == []  # the demo API's token was still cached

@@ -21,7 +21,6 @@ import requests
 
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
-from tests.integration.cache_helpers import last_seq, requests_since
 from tests.integration.test_cli_dev import _env, _start
 from tests.support import OutputLines, answers_200, free_port, stop_process, wait_until
 
@@ -140,7 +139,7 @@ def test_sighup_applies_a_changed_allow_list_keeps_the_cache_and_refuses_a_broke
     b, make = broker
     first, second = b.token(A1), b.token(A2)
     assert b.token(A2) == second  # remembered decision, cache hit
-    seq = last_seq(admin)
+    seq = admin.last_seq()
 
     # 1. SIGHUP with a narrower allow-list: A2 refused at once (its decision was remembered), A1 served
     #    the same cached token with no call to Entra.
@@ -151,7 +150,7 @@ def test_sighup_applies_a_changed_allow_list_keeps_the_cache_and_refuses_a_broke
     assert "applied Broker__AllowedAgentIdentities" in line and "restart" not in line, line
     assert b.refused(A2)["type"].endswith("agent-not-allowed")
     assert b.token(A1) == first
-    assert requests_since(admin, seq) == []
+    assert admin.token_requests(seq) == []
     assert b.reloads("applied") == 1 and b.proc.poll() is None
 
     # 2. Broken configurations (a bad value, then bad JSON): refused with one line each naming the
@@ -170,7 +169,7 @@ def test_sighup_applies_a_changed_allow_list_keeps_the_cache_and_refuses_a_broke
         assert len(_reload_lines(b.lines[mark:])) == 1 and '"level": "warning"' in line
         assert not [s for s in b.lines[mark:] if "Traceback" in s or '"level": "error"' in s]
     assert b.reloads("rejected") == 2 and b.reloads("applied") == 1
-    assert requests_since(admin, seq) == []
+    assert admin.token_requests(seq) == []
 
     # 3. Both agents again, and the file watch on: A2 gets its token from before, still cached.
     write(b.config, make([A1, A2], ConfigWatchSeconds=0.2))
@@ -187,7 +186,7 @@ def test_sighup_applies_a_changed_allow_list_keeps_the_cache_and_refuses_a_broke
     assert "applied Broker__AllowedAgentIdentities" in line, line
     assert b.refused(A1)["type"].endswith("agent-not-allowed")
     assert b.token(A2) == second
-    assert requests_since(admin, seq) == []
+    assert admin.token_requests(seq) == []
 
     # 5. A key that needs a restart is named, not applied; the metric says a restart is pending.
     port = b.ops.rsplit(":", 1)[1]

@@ -23,17 +23,7 @@ import pytest
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    UNAUTH,
-    Reply,
-    client_session,
-    fetch,
-    last_seq,
-    requests_since,
-    select,
-)
+from tests.integration.cache_helpers import A1, A2, UNAUTH, Reply, client_session, fetch, select
 from tests.integration.conftest import BrokerFactory
 
 NEGATIVE_TTL = "120"  # a repeat of the trigger is well inside it, however loaded the machine
@@ -112,17 +102,17 @@ def _token(reply: Reply) -> str:
 
 async def assert_victims_untouched(s: Setup, victims: Victims) -> None:
     """Every victim answers 200 with the token it was served before, and nothing went upstream."""
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     for name, (url, headers) in victims.requests.items():
         reply = await fetch(s.session, url, headers=headers)
         assert reply.status == 200, (name, reply.body)  # no foreign error text, no refusal
         assert _token(reply) == victims.tokens[name], f"{name} was re-acquired, not served from cache"
-    assert requests_since(s.admin, seq) == []
+    assert s.admin.token_requests(seq) == []
 
 
 def _upstream_since(admin: EmulatorAdmin, seq: int, endpoint: str) -> list[dict[str, Any]]:
     if endpoint == "token":
-        return requests_since(admin, seq)
+        return admin.token_requests(seq)
     return list(admin.log(since=seq)["requests"])  # every endpoint: discovery, JWKS and token
 
 
@@ -131,13 +121,13 @@ async def trigger(
 ) -> Reply:
     """Fire the trigger: its own 4xx from the authority (at ``endpoint``); its repeat answered
     from the negative cache."""
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     reply = await fetch(s.session, url, headers=headers)
     assert reply.status == status, reply.body
     refused = [e for e in _upstream_since(s.admin, seq, endpoint) if e["endpoint"] == endpoint]
     refused = [e for e in refused if e["error_code"]]
     assert refused and f"AADSTS{refused[-1]['error_code']}" == code  # Entra said it, not the broker
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     again = await fetch(s.session, url, headers=headers)
     assert (again.status, _stable(again.body)) == (reply.status, _stable(reply.body))
     assert _upstream_since(s.admin, seq, endpoint) == []  # negative cache: no upstream call
@@ -190,16 +180,16 @@ async def test_tenant_override_refusal_700016_stays_on_its_key(setup: Setup, cap
     url = s.url(f"{AUTH}/graph?AgentIdentity={A1}&optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}")
     await refused_alone(s, victims, url, s.bearer(), code="AADSTS700016")
     # The other tenant's T1 failure did not poison the home T1: a cold key of A1 needs no T1 call.
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     cold = await fetch(s.session, s.url(f"{AUTH}/demo?AgentIdentity={A1}"), headers=s.bearer())
     assert cold.status == 200, cold.body
-    upstream = requests_since(s.admin, seq)
+    upstream = s.admin.token_requests(seq)
     assert [e["leg"] for e in upstream] == ["obo"] and not select(upstream, leg="t1")
     # Nor another agent in that tenant's... own key: A2 in the other tenant asks Entra itself.
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     other = s.url(f"{AUTH}/graph?AgentIdentity={A2}&optionsOverride.AcquireTokenOptions.Tenant={demo.OTHER_TENANT_ID}")
     assert (await fetch(s.session, other, headers=s.bearer())).status == 401
-    assert select(requests_since(s.admin, seq), leg="t1", fmi_path=A2)
+    assert select(s.admin.token_requests(seq), leg="t1", fmi_path=A2)
     assert await revocations_counted(s) == 0
     assert not [r for r in caplog.records if "revoking" in r.getMessage()]
 
@@ -216,7 +206,7 @@ async def test_tenant_override_naming_no_tenant_90002_is_refused_on_its_key(setu
     assert f"Tenant '{tenant}' not found" in reply.body["detail"], reply.body
     assert "Retry-After" not in reply.headers
     # The blueprint's own request for that tenant is its own key: refused by Entra, not from A1's record.
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     blueprint = await fetch(s.session, s.url(f"{AUTH}/graph?optionsOverride.AcquireTokenOptions.Tenant={tenant}"),
                             headers=s.bearer())  # fmt: skip
     assert blueprint.status == 401 and blueprint.body["errorCode"] == "AADSTS90002", blueprint.body
@@ -299,14 +289,14 @@ async def test_a_refused_claims_challenge_leaves_the_shared_key_to_its_other_cal
             target="token", mode="status", status=400, error_code=50076, error="interaction_required",
             match={"has_claims": "true"},
         )  # fmt: skip
-        seq = last_seq(admin)
+        seq = admin.last_seq()
         refused = await fetch(session, url + "&optionsOverride.AcquireTokenOptions.Claims=" + quote(claims))
         assert refused.status == 401 and refused.body["errorCode"] == "AADSTS50076", refused.body
-        assert select(requests_since(admin, seq), leg="app", status=400)  # the authority refused it
-        seq = last_seq(admin)
+        assert select(admin.token_requests(seq), leg="app", status=400)  # the authority refused it
+        seq = admin.last_seq()
         again = await fetch(session, url)
         assert again.status == 200 and again.token == first.token, again.body
-        assert requests_since(admin, seq) == []
+        assert admin.token_requests(seq) == []
 
 
 async def test_a_rejected_exchange_token_is_dropped_without_revoking_the_agent(setup: Setup) -> None:
@@ -322,11 +312,11 @@ async def test_a_rejected_exchange_token_is_dropped_without_revoking_the_agent(s
     cold = s.url(f"{UNAUTH}/demo?AgentIdentity={A1}")
     reply = await trigger(s, cold, {}, status=401, code="AADSTS700027")
     _problem(reply, "AADSTS700027")
-    seq = last_seq(s.admin)
+    seq = s.admin.last_seq()
     again = await fetch(s.session, url)
     assert again.status == 200 and again.token == first.token
-    assert requests_since(s.admin, seq) == []
+    assert s.admin.token_requests(seq) == []
     user = await fetch(s.session, s.url(f"{UNAUTH}/graph?AgentIdentity={A1}&AgentUsername={demo.AGENT_USER_UPN}"))
     assert user.status == 200, user.body
-    assert select(requests_since(s.admin, seq), leg="t1", fmi_path=A1, status=200)  # a fresh T1
+    assert select(s.admin.token_requests(seq), leg="t1", fmi_path=A1, status=200)  # a fresh T1
     assert await revocations_counted(s) == 0

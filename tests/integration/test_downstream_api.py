@@ -28,7 +28,7 @@ def down_broker(broker_factory: BrokerFactory, downstream: Downstream, admin: Em
 
 
 async def test_unauthenticated_route_calls_api_with_agent_token(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker() as broker:
         status, body = await call(http, broker, DOWN)
@@ -85,7 +85,7 @@ async def test_authenticated_route_uses_obo_and_never_forwards_inbound_token(
 
 
 async def test_downstream_failure_is_wrapped_with_outer_200(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker(DownstreamApis__down__RelativePath="fail") as broker:
         status, body = await call(http, broker, DOWN)
@@ -127,7 +127,7 @@ async def test_cae_claims_challenge_reacquires_and_retries_once(
 
 
 async def test_cae_retry_happens_only_once(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     downstream.cae_always = True  # the API rejects every token
     async with down_broker(DownstreamApis__down__RelativePath="cae") as broker:
@@ -140,7 +140,7 @@ async def test_cae_retry_happens_only_once(
 
 
 async def test_redirects_are_not_followed_by_default(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker(DownstreamApis__down__RelativePath="redirect") as broker:
         status, body = await call(http, broker, DOWN)
@@ -151,7 +151,7 @@ async def test_redirects_are_not_followed_by_default(
 
 
 async def test_redirects_followed_when_allowed_without_leaking_token_cross_origin(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker(
         DownstreamApis__down__RelativePath="redirect",
@@ -170,7 +170,7 @@ async def test_redirects_followed_when_allowed_without_leaking_token_cross_origi
 
 
 async def test_relative_path_rejections_with_overrides_allowed(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     from urllib.parse import quote
 
@@ -202,7 +202,7 @@ async def test_relative_path_rejections_with_overrides_allowed(
 
 
 async def test_overrides_gated_on_unauthenticated_route(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker() as broker:
         status, body = await call(http, broker, DOWN + "&optionsOverride.HttpMethod=DELETE")
@@ -215,7 +215,6 @@ async def test_response_size_cap(
     down_broker: BrokerFactory,
     downstream: Downstream,
     http: aiohttp.ClientSession,
-    admin: EmulatorAdmin,
     chunked: str,
 ) -> None:
     async with down_broker(
@@ -228,7 +227,7 @@ async def test_response_size_cap(
 
 
 async def test_response_under_cap_and_timeout(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker(
         DownstreamApis__down__RelativePath="big?n=1000",
@@ -244,7 +243,7 @@ async def test_response_under_cap_and_timeout(
 
 
 async def test_configuration_and_body_errors(
-    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     async with down_broker(Broker__Downstream__MaxRequestBytes="10") as broker:
         # graph has scopes but no BaseUrl

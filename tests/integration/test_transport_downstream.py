@@ -122,6 +122,13 @@ def keys(servers: Servers, relative: str = "echo", **extra: str) -> dict[str, st
     }
 
 
+@pytest.fixture
+def down_broker(broker_factory: BrokerFactory, servers: Servers, admin: EmulatorAdmin) -> BrokerFactory:
+    """``async with down_broker(relative, Key=value, ...) as b``: a broker (on a freshly reset emulator)
+    whose API ``down`` calls ``servers`` at ``relative`` (``keys``)."""
+    return lambda relative="echo", **extra: broker_factory(**keys(servers, relative, **extra))
+
+
 async def call(
     http: aiohttp.ClientSession, broker: RunningBroker, path: str, data: bytes | None = None
 ) -> tuple[int, dict[str, Any]]:
@@ -138,19 +145,17 @@ async def call(
 
 @pytest.mark.parametrize("status", [302, 303, 307, 308])
 async def test_cross_origin_redirect_carries_no_caller_material(
-    broker_factory: BrokerFactory,
+    down_broker: BrokerFactory,
     servers: Servers,
     http: aiohttp.ClientSession,
-    admin: EmulatorAdmin,
     status: int,
 ) -> None:
-    settings = keys(servers, f"other-{status}", Sidecar__AllowOutboundRedirects="true")
     path = (
         UNAUTH
         + "&optionsOverride.ExtraHeaderParameters.X-Trace=caller-secret"
         + "&optionsOverride.AcceptHeader=application/x-caller"
     )
-    async with broker_factory(**settings) as broker:
+    async with down_broker(f"other-{status}", Sidecar__AllowOutboundRedirects="true") as broker:
         code, body = await call(http, broker, path)
     assert code == 200 and body["statusCode"] == 200 and body["content"] == "other origin", body
     (first,) = servers.seen
@@ -164,16 +169,14 @@ async def test_cross_origin_redirect_carries_no_caller_material(
 
 @pytest.mark.parametrize("status", [307, 308])
 async def test_cross_origin_redirect_that_would_resend_a_body_is_refused(
-    broker_factory: BrokerFactory,
+    down_broker: BrokerFactory,
     servers: Servers,
     http: aiohttp.ClientSession,
-    admin: EmulatorAdmin,
     status: int,
 ) -> None:
-    settings = keys(
-        servers, f"other-{status}", Sidecar__AllowOutboundRedirects="true", DownstreamApis__down__HttpMethod="POST"
-    )
-    async with broker_factory(**settings) as broker:
+    async with down_broker(
+        f"other-{status}", Sidecar__AllowOutboundRedirects="true", DownstreamApis__down__HttpMethod="POST"
+    ) as broker:
         code, body = await call(http, broker, UNAUTH, data=b'{"secret": "caller body"}')
     assert code == 502 and body["type"].endswith("downstream-redirect-refused"), body
     assert servers.other_seen == []
@@ -181,12 +184,11 @@ async def test_cross_origin_redirect_that_would_resend_a_body_is_refused(
 
 
 async def test_same_origin_307_resends_body_and_token(
-    broker_factory: BrokerFactory, servers: Servers, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, servers: Servers, http: aiohttp.ClientSession
 ) -> None:
-    settings = keys(
-        servers, "same-307", Sidecar__AllowOutboundRedirects="true", DownstreamApis__down__HttpMethod="POST"
-    )
-    async with broker_factory(**settings) as broker:
+    async with down_broker(
+        "same-307", Sidecar__AllowOutboundRedirects="true", DownstreamApis__down__HttpMethod="POST"
+    ) as broker:
         code, body = await call(http, broker, UNAUTH, data=b'{"a": 1}')
     assert code == 200 and body["statusCode"] == 200, body
     first, second = servers.seen
@@ -195,9 +197,9 @@ async def test_same_origin_307_resends_body_and_token(
 
 
 async def test_redirect_from_https_to_http_is_refused(
-    broker_factory: BrokerFactory, servers: Servers, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, http: aiohttp.ClientSession
 ) -> None:
-    async with broker_factory(**keys(servers, "plain-302", Sidecar__AllowOutboundRedirects="true")) as broker:
+    async with down_broker("plain-302", Sidecar__AllowOutboundRedirects="true") as broker:
         code, body = await call(http, broker, UNAUTH)
     assert code == 502 and body["type"].endswith("downstream-redirect-refused"), body
     assert "https to http" in body["detail"]
@@ -235,9 +237,9 @@ async def assert_refused(
 
 
 async def test_base_url_path_is_a_boundary_after_normalisation(
-    broker_factory: BrokerFactory, servers: Servers, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, servers: Servers, http: aiohttp.ClientSession
 ) -> None:
-    async with broker_factory(**keys(servers)) as broker:
+    async with down_broker() as broker:
         await assert_refused(http, broker, servers, [("optionsOverride.RelativePath", path) for path in ESCAPES])
         # Path parameters and dots inside names are fine.
         code, body = await call(http, broker, UNAUTH + "&optionsOverride.RelativePath=" + quote("echo/a;v=1/b.c"))
@@ -271,9 +273,9 @@ REFUSED_HEADERS = [
 
 
 async def test_routing_override_and_hop_by_hop_headers_are_refused(
-    broker_factory: BrokerFactory, servers: Servers, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, servers: Servers, http: aiohttp.ClientSession
 ) -> None:
-    async with broker_factory(**keys(servers)) as broker:
+    async with down_broker() as broker:
         await assert_refused(
             http, broker, servers, [(f"optionsOverride.ExtraHeaderParameters.{name}", "x") for name in REFUSED_HEADERS]
         )
@@ -309,9 +311,9 @@ async def test_deeply_nested_admin_body_is_a_clean_400(
 
 
 async def test_deeply_nested_claims_challenge_from_downstream_is_not_a_500(
-    broker_factory: BrokerFactory, servers: Servers, http: aiohttp.ClientSession, admin: EmulatorAdmin
+    down_broker: BrokerFactory, servers: Servers, http: aiohttp.ClientSession
 ) -> None:
-    async with broker_factory(**keys(servers, "deep-challenge")) as broker:
+    async with down_broker("deep-challenge") as broker:
         code, body = await call(http, broker, UNAUTH)
     assert code == 200 and body["statusCode"] == 401, body
     assert len(servers.seen) == 1  # not a usable challenge: no retry

@@ -17,7 +17,13 @@ from aiohttp import web
 
 from agent_token_broker.api import policy
 from agent_token_broker.api.caller_context import caller_context
-from agent_token_broker.api.downstream_http import DownstreamResult, build_call, claims_challenge, send
+from agent_token_broker.api.downstream_http import (
+    DownstreamResult,
+    build_call,
+    claims_challenge,
+    read_capped,
+    send,
+)
 from agent_token_broker.api.gate import Challenge
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
@@ -54,14 +60,7 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
         f"the request body exceeds Broker__Downstream__MaxRequestBytes ({limit} bytes)",
         slug="body-too-large",
     )
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise too_large
-    return bytes(data)
+    return await read_capped(request.content, request.content_length, limit, too_large)
 
 
 def _authorization(token: CachedToken) -> str:

@@ -269,20 +269,29 @@ def build_call(
     return OutboundCall(method=method, url=url, headers=dict(headers), body=body or None)
 
 
+async def read_capped(
+    stream: aiohttp.StreamReader, declared_length: int | None, limit: int, too_large: ProblemError
+) -> bytes:
+    """The whole of ``stream``; ``too_large`` is raised as soon as its declared length or what
+    has arrived exceeds ``limit`` bytes (the rest is never read)."""
+    if declared_length is not None and declared_length > limit:
+        raise too_large
+    data = bytearray()
+    async for chunk in stream.iter_chunked(CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
 async def _read(resp: aiohttp.ClientResponse, max_bytes: int) -> DownstreamResult:
     too_large = ProblemError(
         502,
         f"the downstream API's response exceeds Broker__Downstream__MaxResponseBytes ({max_bytes} bytes)",
         slug="downstream-response-too-large",
     )
-    if resp.content_length is not None and resp.content_length > max_bytes:
-        raise too_large
-    data = bytearray()
-    async for chunk in resp.content.iter_chunked(CHUNK):
-        data += chunk
-        if len(data) > max_bytes:
-            raise too_large
-    result = DownstreamResult(status=resp.status, body=bytes(data), charset=resp.charset)
+    data = await read_capped(resp.content, resp.content_length, max_bytes, too_large)
+    result = DownstreamResult(status=resp.status, body=data, charset=resp.charset)
     for name, value in resp.headers.items():
         lower = name.lower()
         if lower in RESULT_HEADERS and lower != "content-length":

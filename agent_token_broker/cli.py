@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
@@ -30,48 +31,32 @@ def _not_installed(command: str) -> int:
     return 2
 
 
-def _emulator(argv: Sequence[str]) -> int:
-    if not emulator_installed():
-        return _not_installed("emulator")
-    from entra_emulator.cli import main as emulator_main
-
-    return emulator_main(argv)
-
-
-def _serve(argv: Sequence[str]) -> int:
-    from agent_token_broker.app_cli import serve_main
-
-    return serve_main(argv)
-
-
-def _dev(argv: Sequence[str]) -> int:
-    if not emulator_installed():
-        return _not_installed("dev")
-    from agent_token_broker.app_cli import dev_main
-
-    return dev_main(argv)
-
-
-def _check_config(argv: Sequence[str]) -> int:
-    from agent_token_broker.app_cli import check_config_main
-
-    return check_config_main(argv)
-
-
-def _healthcheck(argv: Sequence[str]) -> int:
-    from agent_token_broker.healthcheck import healthcheck_main
-
-    return healthcheck_main(argv)
-
-
-COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "serve": (_serve, "run the broker"),
-    "check-config": (_check_config, "validate the configuration and print it with secrets redacted"),
-    "healthcheck": (_healthcheck, "exit 0 if the running broker's ops listener answers /healthz, else 1"),
-    "dev": (_dev, "run the broker wired to the embedded Entra emulator (demo tenant)"),
-    "emulator": (_emulator, "run only the local Entra Agent ID emulator"),
+# name: (the entry point "module:function", imported only when the command runs; one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("agent_token_broker.app_cli:serve_main", "run the broker"),
+    "check-config": (
+        "agent_token_broker.app_cli:check_config_main",
+        "validate the configuration and print it with secrets redacted",
+    ),
+    "healthcheck": (
+        "agent_token_broker.healthcheck:healthcheck_main",
+        "exit 0 if the running broker's ops listener answers /healthz, else 1",
+    ),
+    "dev": (
+        "agent_token_broker.app_cli:dev_main",
+        "run the broker wired to the embedded Entra emulator (demo tenant)",
+    ),
+    "emulator": (f"{EMULATOR_PACKAGE}.cli:main", "run only the local Entra Agent ID emulator"),
 }
 DEVELOPER_COMMANDS = ("dev", "emulator")
+
+
+def _run(command: str, argv: Sequence[str]) -> int:
+    if command in DEVELOPER_COMMANDS and not emulator_installed():
+        return _not_installed(command)
+    module, _, function = COMMANDS[command][0].partition(":")
+    entry: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module), function)
+    return entry(argv)
 
 
 def usage() -> str:
@@ -97,11 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("-V", "--version", "version"):
         print(f"agent-token-broker {__version__}")
         return 0
-    command = COMMANDS.get(args[0])
-    if command is None:
+    if args[0] not in COMMANDS:
         print(f"agent-token-broker: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    return command[0](args[1:])
+    return _run(args[0], args[1:])
 
 
 if __name__ == "__main__":

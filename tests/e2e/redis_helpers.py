@@ -7,11 +7,14 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 import redis
 
+from agent_token_broker.server import RunningBroker, running
+from agent_token_broker.settings import load_settings
 from entra_emulator.runner import EmulatorServer
 from tests.integration.conftest import base_env
 from tests.support import free_port, require_binary, stop_process
@@ -69,6 +72,13 @@ class RedisServer:
         c = self.client()
         return {k: c.get(k) for k in c.scan_iter("*:epoch")}  # type: ignore[misc]
 
+    def put_back(self, records: dict[bytes, bytes]) -> None:
+        """Write raw records (as :meth:`values` / :meth:`epochs` copied them) back, for an hour:
+        what an attacker with Redis access but no encryption key can do."""
+        c = self.client()
+        for name, value in records.items():
+            c.set(name, value, px=3_600_000)
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
@@ -98,3 +108,9 @@ def redis_env(
         env[f"Broker__Cache__Redis__EncryptionKeyFile__{i}"] = str(path)
     env.update(extra)
     return env
+
+
+def replica(env: dict[str, str]) -> AbstractAsyncContextManager[RunningBroker]:
+    """``async with replica(env) as broker``: a broker in this process on the configuration
+    ``env`` (one of the replicas sharing the Redis layer), once it is ready (up to 30 s)."""
+    return running(load_settings(env=env), wait_ready=30.0)

@@ -8,11 +8,10 @@ from typing import Any
 
 import aiohttp
 
-from agent_token_broker.server import RunningBroker, running
-from agent_token_broker.settings import load_settings
+from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
-from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
+from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, replica, write_key_file
 from tests.integration.helpers import get
 
 __all__ = ["redis_server"]
@@ -58,7 +57,7 @@ async def test_redis_outage_fails_no_request_shows_degraded_and_recovers(
         statuses.append(status)
         return str(body.get("authorizationHeader"))
 
-    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as broker:
+    async with aiohttp.ClientSession() as http, replica(env) as broker:
         shared = broker.runtime.shared_cache
         assert shared is not None
         await fetch(http, broker, GRAPH, A1)
@@ -92,7 +91,7 @@ async def test_redis_outage_fails_no_request_shows_degraded_and_recovers(
         assert admin.counts().get("app", 0) == before.get("app", 0) + 1
 
     assert len(statuses) == 24 and all(s == 200 for s in statuses), statuses
-    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as other:
+    async with aiohttp.ClientSession() as http, replica(env) as other:
         before = admin.counts()
         await fetch(http, other, GRAPH, A2)  # written after recovery: a Redis hit for a new broker
         assert admin.counts() == before

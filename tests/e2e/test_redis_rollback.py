@@ -16,12 +16,10 @@ import pytest
 from agent_token_broker.cache.engine import TokenCache
 from agent_token_broker.cache.token import AcquireError, CachedToken
 from agent_token_broker.l2 import KeyRing, SealError, build_shared_cache
-from agent_token_broker.server import running
-from agent_token_broker.settings import load_settings
 from agent_token_broker.settings.model import RedisCacheConfig
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
-from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
+from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, replica, write_key_file
 from tests.e2e.test_redis_layer import KEY, POLICY, Upstream
 from tests.e2e.test_redis_shared import APP_PATH, counts, header
 from tests.integration.helpers import get
@@ -44,7 +42,7 @@ async def _warm_then_revoke(
 ) -> dict[bytes, bytes]:
     """A broker puts the agent's tokens for ``paths`` into Redis; the attacker copies the sealed
     values; the agent is disabled and a forced refresh makes the broker revoke it. The copies."""
-    async with running(load_settings(env=env), wait_ready=30.0) as first:
+    async with replica(env) as first:
         for path in paths:
             await header(http, first, path)
         saved = redis_server.values()  # what an attacker with Redis access copies
@@ -58,14 +56,12 @@ async def test_a_value_put_back_after_a_revocation_is_refused_by_a_cold_replica(
     emulator: EmulatorServer, admin: Any, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = _env(emulator, redis_server, tmp_path)
-    raw = redis_server.client()
     async with aiohttp.ClientSession() as http:
         # the agent's Graph token and T1, and a token of the same agent for another API
         saved = await _warm_then_revoke(http, env, redis_server, admin, (APP_PATH, OTHER_PATH))
         assert len(saved) == 3
-        for name, blob in saved.items():  # ...and puts the old sealed values back
-            raw.set(name, blob, px=3_600_000)
-        async with running(load_settings(env=env), wait_ready=30.0) as cold:
+        redis_server.put_back(saved)  # ...and puts the old sealed values back
+        async with replica(env) as cold:
             for path in (APP_PATH, OTHER_PATH):
                 status, body, _ = await get(http, cold, path)
                 assert status != 200 and "authorizationHeader" not in body, body  # not the old token
@@ -84,9 +80,8 @@ async def test_deleting_the_epoch_records_does_not_revive_old_values(
     async with aiohttp.ClientSession() as http:
         saved = await _warm_then_revoke(http, env, redis_server, admin, (APP_PATH,))
         raw.delete(*redis_server.epochs())  # the attacker also drops the epoch records
-        for name, blob in saved.items():
-            raw.set(name, blob, px=3_600_000)
-        async with running(load_settings(env=env), wait_ready=30.0) as cold:
+        redis_server.put_back(saved)
+        async with replica(env) as cold:
             status, body, _ = await get(http, cold, APP_PATH)
             assert status != 200 and "authorizationHeader" not in body, body
             seen = counts(cold)
@@ -120,7 +115,6 @@ async def test_a_replica_that_saw_a_revocation_refuses_a_full_rollback_and_repai
     warm = build_shared_cache(config, POLICY, namespace="blueprint")
     cold = build_shared_cache(config, POLICY, namespace="blueprint")
     tags = frozenset({"agent:agent-1"})
-    raw = redis_server.client()
     first, second, third = TokenCache(POLICY), TokenCache(POLICY), TokenCache(POLICY)
     up = Upstream()
 
@@ -133,13 +127,11 @@ async def test_a_replica_that_saw_a_revocation_refuses_a_full_rollback_and_repai
         with pytest.raises(AcquireError):
             acquire = warm.wrap(KEY, refused, current=lambda: first.current(KEY), forced=True, tags=tags)
             await first.get(KEY, acquire, tags=tags, force_refresh=True)
-        for name, value in {**values, **epochs}.items():  # Redis as it was before the revocation
-            raw.set(name, value, px=3_600_000)
+        redis_server.put_back({**values, **epochs})  # Redis as it was before the revocation
         token = await second.get(KEY, warm.wrap(KEY, up, current=lambda: second.current(KEY), tags=tags), tags=tags)
         assert up.calls == 2 and token.value != old.value  # acquired anew, not the old token
         assert warm.observer.counts["rejected:epoch_rollback"] == 1
-        for name, value in values.items():  # the attacker puts the old value back once more
-            raw.set(name, value, px=3_600_000)
+        redis_server.put_back(values)  # the attacker puts the old value back once more
         token = await third.get(KEY, cold.wrap(KEY, up, current=lambda: third.current(KEY), tags=tags), tags=tags)
         assert up.calls == 3 and token.value != old.value
         assert cold.observer.counts["rejected:revoked"] == 1

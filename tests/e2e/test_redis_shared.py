@@ -15,7 +15,7 @@ from agent_token_broker.server import RunningBroker, running
 from agent_token_broker.settings import load_settings
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorServer
-from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, write_key_file
+from tests.e2e.redis_helpers import RedisServer, new_key, redis_env, redis_server, replica, write_key_file
 from tests.integration.helpers import get
 
 __all__ = ["redis_server"]
@@ -47,12 +47,12 @@ async def test_second_broker_is_served_from_redis_with_zero_entra_requests(
     keys = [write_key_file(tmp_path / "k1", new_key())]
     env = redis_env(emulator, redis_server, keys)
     async with aiohttp.ClientSession() as http:
-        async with running(load_settings(env=env), wait_ready=30.0) as first:
+        async with replica(env) as first:
             app1 = await header(http, first, APP_PATH)
             user1 = await header(http, first, USER_PATH)
         after_first = token_legs(admin)
         assert after_first == {"t1": 1, "app": 1, "t2": 1, "user_fic": 1}
-        async with running(load_settings(env=env), wait_ready=30.0) as second:
+        async with replica(env) as second:
             assert await header(http, second, APP_PATH) == app1
             assert await header(http, second, USER_PATH) == user1
             assert token_legs(admin) == after_first, "the second broker must not call Entra"
@@ -64,7 +64,7 @@ async def test_values_at_rest_reveal_nothing_and_do_not_open_without_the_key(
 ) -> None:
     key = new_key()
     env = redis_env(emulator, redis_server, [write_key_file(tmp_path / "k", key)])
-    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as broker:
+    async with aiohttp.ClientSession() as http, replica(env) as broker:
         token = (await header(http, broker, APP_PATH)).split(" ", 1)[1]
     values = redis_server.values()
     assert len(values) == 2  # T1 and the Graph token, nothing else (locks released)
@@ -93,19 +93,19 @@ async def test_tampered_values_are_ignored_counted_and_replaced(
 ) -> None:
     env = redis_env(emulator, redis_server, [write_key_file(tmp_path / "k", new_key())])
     async with aiohttp.ClientSession() as http:
-        async with running(load_settings(env=env), wait_ready=30.0) as first:
+        async with replica(env) as first:
             original = await header(http, first, APP_PATH)
         raw = redis_server.client()
         for name, blob in redis_server.values().items():
             flipped = bytearray(blob)
             flipped[-5] ^= 0x01
             raw.set(name, bytes(flipped), keepttl=True)
-        async with running(load_settings(env=env), wait_ready=30.0) as second:
+        async with replica(env) as second:
             fresh = await header(http, second, APP_PATH)
             assert fresh != original
             assert counts(second)["rejected:tampered"] == 2  # T1 and the app token
             assert token_legs(admin) == {"t1": 2, "app": 2}  # both acquired again
-        async with running(load_settings(env=env), wait_ready=30.0) as third:
+        async with replica(env) as third:
             assert await header(http, third, APP_PATH) == fresh  # the replacement is served
             assert token_legs(admin) == {"t1": 2, "app": 2}
             assert counts(third).get("rejected:tampered", 0) == 0
@@ -124,7 +124,7 @@ async def test_key_rotation_old_values_readable_new_writes_use_the_new_key(
             app = await header(http, b1, APP_PATH)
         written_by_old = redis_server.values()
         rotated = redis_env(emulator, redis_server, [old_file, new_file])  # EncryptionKeyFile__0, __1
-        async with running(load_settings(env=rotated), wait_ready=30.0) as b2:
+        async with replica(rotated) as b2:
             assert await header(http, b2, APP_PATH) == app  # old value opened with the old key
             assert token_legs(admin) == {"t1": 1, "app": 1}
             await header(http, b2, USER_PATH)  # new writes: T2 and the agent-user token
@@ -142,7 +142,7 @@ async def test_obo_tokens_are_not_shared_by_default(
     env = redis_env(emulator, redis_server, [write_key_file(tmp_path / "k", new_key())])
     user_token = admin.user_token(demo.DEMO_USER_UPN)
     path = f"/AuthorizationHeader/graph?AgentIdentity={A1}"
-    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as broker:
+    async with aiohttp.ClientSession() as http, replica(env) as broker:
         status, body, _ = await get(http, broker, path, token=user_token)
         assert status == 200, body
         shared = broker.runtime.shared_cache
@@ -159,7 +159,7 @@ async def test_ops_cache_clear_is_not_refilled_from_redis(
     secret = "an-admin-secret-of-32-characters"
     env = redis_env(emulator, redis_server, [write_key_file(tmp_path / "k", new_key())])
     env["Broker__Cache__AdminSecret"] = secret
-    async with aiohttp.ClientSession() as http, running(load_settings(env=env), wait_ready=30.0) as broker:
+    async with aiohttp.ClientSession() as http, replica(env) as broker:
         before = await header(http, broker, APP_PATH)
         assert token_legs(admin) == {"t1": 1, "app": 1}
         assert broker.ops_url is not None

@@ -7,11 +7,12 @@ request log; nothing replaces a component under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -21,6 +22,7 @@ from tests.integration.helpers import claims_of
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
 UNAUTH = "/AuthorizationHeaderUnauthenticated"
 REQUEST_TIMEOUT = 20.0
+K = TypeVar("K")
 
 
 def app_path(agent: str, api: str = "graph", extra: str = "") -> str:
@@ -69,11 +71,32 @@ async def fetch(session: aiohttp.ClientSession, url: str, *, headers: dict[str, 
             return Reply(resp.status, body, resp.content_type, dict(resp.headers), sent, received)
 
 
-async def fetch_until(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
-    """GET ``url`` again and again (0.05 s apart) until ``stop`` is set, appending each reply to ``out``."""
+async def _fetch_until(session: aiohttp.ClientSession, url: str, stop: asyncio.Event, out: list[Reply]) -> None:
     while not stop.is_set():
         out.append(await fetch(session, url))
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def fetching(
+    session: aiohttp.ClientSession, urls: Mapping[K, str], workers_per_url: int = 1
+) -> AsyncIterator[dict[K, list[Reply]]]:
+    """``async with fetching(session, urls) as replies``: while the block runs, ``workers_per_url``
+    loops per URL GET it again and again (0.05 s apart); ``replies[key]`` grows as answers arrive.
+    Leaving the block stops the loops (their last requests may take up to 20 s)."""
+    replies: dict[K, list[Reply]] = {key: [] for key in urls}
+    stop = asyncio.Event()
+    workers = [
+        asyncio.ensure_future(_fetch_until(session, url, stop, replies[key]))
+        for key, url in urls.items()
+        for _ in range(workers_per_url)
+    ]
+    try:
+        yield replies
+    finally:
+        stop.set()
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await asyncio.gather(*workers)
 
 
 async def sleep_until(moment: float) -> None:

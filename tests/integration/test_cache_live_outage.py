@@ -15,16 +15,7 @@ import asyncio
 import time
 
 from entra_emulator.runner import EmulatorAdmin
-from tests.integration.cache_helpers import (
-    A1,
-    A2,
-    Reply,
-    app_path,
-    client_session,
-    fetch,
-    fetch_until,
-    select,
-)
+from tests.integration.cache_helpers import A1, A2, app_path, client_session, fetch, fetching, select
 from tests.integration.conftest import BrokerFactory
 
 LIFETIME = 14
@@ -59,14 +50,7 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
         assert {r.status for r in first.values()} == {200}
         before_outage = admin.last_seq()
 
-        replies: dict[tuple[str, str], list[Reply]] = {key: [] for key in KEYS}
-        stop = asyncio.Event()
-        workers = [
-            asyncio.ensure_future(fetch_until(session, urls[key], stop, replies[key]))
-            for key in KEYS
-            for _ in range(WORKERS_PER_KEY)
-        ]
-        try:
+        async with fetching(session, urls, WORKERS_PER_KEY) as replies:
             outage_start = time.time()
             admin.fault(target="token", mode="status", status=503, plain_text=True, count=2)
             admin.fault(target="token", mode="status", status=503)
@@ -82,10 +66,6 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
             admin.clear_faults()
             recovered = time.time()
             await asyncio.sleep(AFTER_RECOVERY)
-        finally:
-            stop.set()
-            async with asyncio.timeout(20):
-                await asyncio.gather(*workers)
 
     outage = admin.token_requests(before_outage)
     # A request between that read and clear_faults was still failed by a fault: it belongs to the outage.

@@ -20,7 +20,7 @@ from tests.integration.cache_helpers import (
     app_path,
     client_session,
     fetch,
-    fetch_until,
+    fetching,
     select,
 )
 from tests.integration.conftest import BrokerFactory
@@ -70,10 +70,7 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
             "a2-graph": api + app_path(A2),
             "blueprint": api + f"{UNAUTH}/graph",
         }
-        replies: dict[str, list[Reply]] = {name: [] for name in urls}
-        stop = asyncio.Event()
-        workers = [asyncio.ensure_future(fetch_until(session, u, stop, replies[n])) for n, u in urls.items()]
-        try:
+        async with fetching(session, urls) as replies:
             await _until(lambda: all(replies.values()))
             assert all(r[0].status == 200 for r in replies.values())
 
@@ -103,10 +100,6 @@ async def test_disabling_an_agent_then_its_blueprint_stops_tokens_at_the_next_re
                 lambda: all(r and r[-1].sent > enabled and r[-1].status == 200 for r in replies.values()),
                 timeout=NEGATIVE_TTL + 8,
             )
-        finally:
-            stop.set()
-            async with asyncio.timeout(20):
-                await asyncio.gather(*workers)
 
     # Phase 1: A1 stopped at its next refresh; A2 and the blueprint's own token never failed.
     _check_revoked_at_refresh(replies["a1-graph"], agent_off, enabled)

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,12 @@ class Pod:
         extra = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
         result = self.podman.run("exec", *extra, self.name, *argv, timeout=timeout, check=False)
         return result.code, result.out, result.err
+
+    def python_json(self, script: str) -> Any:
+        """Run ``script`` with the image's Python inside the container; what it printed, as JSON."""
+        code, out, err = self.exec("python", "-c", script)
+        assert code == 0, err
+        return json.loads(out)
 
     def inspect(self, template: str) -> str:
         return self.podman.run("inspect", "--format", template, self.name, timeout=60).out.strip()
@@ -155,9 +162,7 @@ def test_image_size_and_what_it_is_made_of(built_image: BuiltImage, pod: Pod) ->
     podman = built_image.podman
     size = int(podman.run("image", "inspect", "--format", "{{.Size}}", built_image.ref, timeout=60).out)
     base = int(podman.run("image", "inspect", "--format", "{{.Size}}", built_image.base, timeout=60).out)
-    code, out, err = pod.exec("python", "-c", _COMPOSITION)
-    assert code == 0, err
-    parts = json.loads(out)
+    parts = pod.python_json(_COMPOSITION)
     assert parts["site-packages"] > 0 and size > base
     top = sorted(parts["distributions"].items(), key=lambda item: -item[1])
     REPORT.append(
@@ -188,6 +193,20 @@ print(json.dumps({"site-packages": total, "distributions": dists}))
 """
 
 
+# Each directory: "written", or the errno name of the refusal; run inside the image.
+_WRITABLE = """
+import errno, os, json
+result = {}
+for d in ('/', '/etc', '/usr/local/lib', '/var/tmp', '/run', '/tmp'):
+    try:
+        with open(os.path.join(d, 'w'), 'w'):
+            result[d] = 'written'
+    except OSError as exc:
+        result[d] = errno.errorcode[exc.errno]
+print(json.dumps(result))
+"""
+
+
 def test_runs_as_non_root_without_capabilities_on_a_read_only_root(pod: Pod) -> None:
     assert pod.running()
     pid = pod.inspect("{{.State.Pid}}")
@@ -199,20 +218,7 @@ def test_runs_as_non_root_without_capabilities_on_a_read_only_root(pod: Pod) -> 
         assert int(status[caps], 16) == 0, f"{caps}: {status[caps]}"
     assert status["NoNewPrivs"].strip() == "1"
     assert pod.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
-    probe = (
-        "import errno, os, json\n"
-        "result = {}\n"
-        "for d in ('/', '/etc', '/usr/local/lib', '/var/tmp', '/run', '/tmp'):\n"
-        "    try:\n"
-        "        with open(os.path.join(d, 'w'), 'w'):\n"
-        "            result[d] = 'written'\n"
-        "    except OSError as exc:\n"
-        "        result[d] = errno.errorcode[exc.errno]\n"
-        "print(json.dumps(result))\n"
-    )
-    code, out, err = pod.exec("python", "-c", probe)
-    assert code == 0, err
-    written = json.loads(out)
+    written = pod.python_json(_WRITABLE)
     assert written.pop("/tmp") == "written", "the tmpfs at /tmp is the one writable place"
     assert set(written.values()) <= {"EROFS", "EACCES", "ENOENT"}, written
 
@@ -261,21 +267,21 @@ def test_the_dockerfile_healthcheck_passes_and_follows_the_ops_listener(pod: Pod
     assert err == "healthcheck: unhealthy: 127.0.0.1:1/healthz: Connection refused\n"
 
 
+# Build tools on PATH and modules importable inside the image (each should be absent), and the broker.
+_TOOLS = """
+import importlib.util, json, os, shutil
+tools = ['cc', 'gcc', 'g++', 'c++', 'clang', 'ld', 'as', 'make', 'pip', 'pip3', 'curl', 'wget']
+modules = ['pip', 'setuptools', 'wheel', 'pytest', 'tests', 'entra_emulator', 'redis', 'hypothesis', 'opentelemetry']
+print(json.dumps({
+    'tools': {t: shutil.which(t) for t in tools if shutil.which(t)},
+    'modules': [m for m in modules if importlib.util.find_spec(m)],
+    'broker': importlib.util.find_spec('agent_token_broker') is not None,
+}))
+"""
+
+
 def test_holds_no_compiler_pip_tests_emulator_or_redis_client(pod: Pod) -> None:
-    probe = (
-        "import importlib.util, json, os, shutil\n"
-        "tools = ['cc', 'gcc', 'g++', 'c++', 'clang', 'ld', 'as', 'make', 'pip', 'pip3', 'curl', 'wget']\n"
-        "modules = ['pip', 'setuptools', 'wheel', 'pytest', 'tests', 'entra_emulator', 'redis', 'hypothesis',"
-        " 'opentelemetry']\n"
-        "print(json.dumps({\n"
-        "    'tools': {t: shutil.which(t) for t in tools if shutil.which(t)},\n"
-        "    'modules': [m for m in modules if importlib.util.find_spec(m)],\n"
-        "    'broker': importlib.util.find_spec('agent_token_broker') is not None,\n"
-        "}))\n"
-    )
-    code, out, err = pod.exec("python", "-c", probe)
-    assert code == 0, err
-    found = json.loads(out)
+    found = pod.python_json(_TOOLS)
     assert found == {"tools": {}, "modules": [], "broker": True}, found
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import Any
 
+from agent_token_broker.cache.engine import TokenCache
+from agent_token_broker.cache.policy import CachePolicy
 from agent_token_broker.cache.token import AcquireError, CachedToken
 
-__all__ = ["FakeClock", "FakeUpstream", "RecordingObserver", "SequenceRand"]
+__all__ = ["FakeClock", "FakeUpstream", "RecordingObserver", "SequenceRand", "scripted_cache"]
 
 
 class FakeClock:
@@ -113,3 +116,15 @@ class RecordingObserver:
 
     def entries(self, count: int) -> None:
         self.last_entries = count
+
+
+def scripted_cache(
+    rand: Iterable[float] = (0.5,), **policy: Any
+) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
+    """A :class:`TokenCache` with ``CachePolicy(**policy)`` on a :class:`FakeClock` at 0, its jitter
+    the ``rand`` values in a loop, counted by a :class:`RecordingObserver`; and a
+    :class:`FakeUpstream` minting tokens on that clock."""
+    clock = FakeClock(0.0)
+    observer = RecordingObserver()
+    cache = TokenCache(CachePolicy(**policy), clock=clock, rand=SequenceRand(rand), observer=observer)
+    return cache, clock, FakeUpstream(clock), observer

@@ -7,15 +7,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from agent_token_broker.cache import CachePolicy, TokenCache
-from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
-
-
-def make(**policy: float) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
-    clock = FakeClock(0.0)
-    obs = RecordingObserver()
-    cache = TokenCache(CachePolicy(**policy), clock=clock, rand=SequenceRand(), observer=obs)  # type: ignore[arg-type]
-    return cache, clock, FakeUpstream(clock), obs
+from agent_token_broker.cache.testing import scripted_cache
 
 
 class TimerCountingLoop(asyncio.SelectorEventLoop):
@@ -47,7 +39,7 @@ def test_lru_bound_with_200k_inserts_cap_50k() -> None:
 
 
 async def _fill_200k_into_50k(loop: TimerCountingLoop) -> None:
-    cache, _clock, up, obs = make(max_entries=50_000)
+    cache, _clock, up, obs = scripted_cache(max_entries=50_000)
     n = 200_000
     for i in range(n):
         await cache.get(i, up, tags=frozenset({f"agent:{i % 70_000}"}))
@@ -66,7 +58,7 @@ async def _fill_200k_into_50k(loop: TimerCountingLoop) -> None:
 
 
 async def test_lru_keeps_recently_used_keys() -> None:
-    cache, _clock, up, _obs = make(max_entries=3)
+    cache, _clock, up, _obs = scripted_cache(max_entries=3)
     for k in ("a", "b", "c"):
         await cache.get(k, up)
     assert cache.peek("a") is not None  # "a" becomes most recent
@@ -77,7 +69,7 @@ async def test_lru_keeps_recently_used_keys() -> None:
 
 
 async def test_evicted_key_inflight_result_is_not_stored() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     up.gate = asyncio.Event()
     waiter = asyncio.create_task(cache.get("k", up, tags=frozenset({"t"})))
     await asyncio.wait_for(up.started.wait(), 10)
@@ -91,7 +83,7 @@ async def test_evicted_key_inflight_result_is_not_stored() -> None:
 
 
 async def test_admin_eviction_by_key_tag_and_clear() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     await cache.get("a1", up, tags=frozenset({"agent:a"}))
     await cache.get("a2", up, tags=frozenset({"agent:a"}))
     await cache.get("b1", up, tags=frozenset({"agent:b"}))
@@ -107,7 +99,7 @@ async def test_admin_eviction_by_key_tag_and_clear() -> None:
 
 
 async def test_expired_token_is_dropped_lazily_and_reacquired() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     await cache.get("k", up)
     clock.set(4000)  # past expiry, timers not run
     assert cache.peek("k") is None
@@ -117,7 +109,7 @@ async def test_expired_token_is_dropped_lazily_and_reacquired() -> None:
 
 
 async def test_put_seeds_a_token_that_is_then_served() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     seeded = await up()
     cache.put("k", seeded, up, tags=frozenset({"t"}))
     assert await cache.get("k", up) is seeded and up.calls == 1

@@ -6,18 +6,10 @@ import asyncio
 
 import pytest
 
-from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
-from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import AcquireError, TokenCache
+from agent_token_broker.cache.testing import FakeUpstream, scripted_cache
 
 TIMEOUT = 10
-
-
-def make(rand: float = 0.5, **policy: float) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
-    clock = FakeClock(0.0)
-    obs = RecordingObserver()
-    cache = TokenCache(CachePolicy(**policy), clock=clock, rand=SequenceRand([rand]),  # type: ignore[arg-type]
-                       observer=obs)
-    return cache, clock, FakeUpstream(clock), obs
 
 
 async def gather_gets(cache: TokenCache, key: str, up: FakeUpstream, n: int) -> list[object]:
@@ -26,7 +18,7 @@ async def gather_gets(cache: TokenCache, key: str, up: FakeUpstream, n: int) -> 
 
 
 async def test_static_stability_backoff_growth_cap_and_single_call_on_recovery() -> None:
-    cache, clock, up, obs = make(rand=1.0)  # rand 1.0: backoff at its ceiling every time
+    cache, clock, up, obs = scripted_cache([1.0])  # rand 1.0: backoff at its ceiling every time
     first = await cache.get("k", up)
     cache.peek("k")
     up.fail = FakeUpstream.transient("entra 503")
@@ -59,7 +51,7 @@ async def test_static_stability_backoff_growth_cap_and_single_call_on_recovery()
 
 
 async def test_backoff_uses_full_jitter() -> None:
-    cache, clock, up, _obs = make(rand=0.25)
+    cache, clock, up, _obs = scripted_cache([0.25])
     await cache.get("k", up)
     cache.peek("k")
     up.fail = FakeUpstream.transient()
@@ -76,7 +68,7 @@ async def test_backoff_uses_full_jitter() -> None:
 
 
 async def test_retries_stop_when_nobody_asks_for_the_key() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     token = await cache.get("k", up)
     cache.peek("k")
     up.fail = FakeUpstream.transient()
@@ -93,7 +85,7 @@ async def test_retries_stop_when_nobody_asks_for_the_key() -> None:
 
 
 async def test_not_served_below_stale_floor_and_failure_is_remembered() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     token = await cache.get("k", up)
     up.fail = FakeUpstream.transient()
     clock.set(token.expires_at - 30)  # under the 60 s floor
@@ -110,7 +102,7 @@ async def test_not_served_below_stale_floor_and_failure_is_remembered() -> None:
 
 
 async def test_retry_after_bounds_negative_cache_and_background_retry() -> None:
-    cache, clock, up, _obs = make(retry_after_cap_seconds=120)
+    cache, clock, up, _obs = scripted_cache(retry_after_cap_seconds=120)
     up.fail = FakeUpstream.transient("throttled", retry_after=30)
     with pytest.raises(AcquireError):
         await cache.get("k", up)
@@ -132,7 +124,7 @@ async def test_retry_after_bounds_negative_cache_and_background_retry() -> None:
 
 
 async def test_background_retry_waits_for_retry_after() -> None:
-    cache, clock, up, _obs = make(rand=0.5)
+    cache, clock, up, _obs = scripted_cache([0.5])
     await cache.get("k", up)
     cache.peek("k")
     up.fail = FakeUpstream.transient("throttled", retry_after=45)
@@ -143,7 +135,7 @@ async def test_background_retry_waits_for_retry_after() -> None:
 
 
 async def test_negative_record_is_dropped_after_it_lapses() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     up.fail = FakeUpstream.transient()
     with pytest.raises(AcquireError):
         await cache.get("k", up)
@@ -155,7 +147,7 @@ async def test_negative_record_is_dropped_after_it_lapses() -> None:
 
 
 async def test_definitive_refusal_evicts_tag_group_and_is_raised() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     await cache.get("k1", up, tags=frozenset({"agent:a", "bp:1"}))
     await cache.get("k2", up, tags=frozenset({"agent:a"}))
     await cache.get("k3", up, tags=frozenset({"agent:b", "bp:1"}))
@@ -179,7 +171,7 @@ async def test_definitive_refusal_evicts_tag_group_and_is_raised() -> None:
 
 
 async def test_definitive_refusal_during_background_refresh_evicts_group() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     await cache.get("k1", up, tags=frozenset({"bp:1"}))
     await cache.get("k2", up, tags=frozenset({"bp:1"}))
     cache.peek("k1")
@@ -194,7 +186,7 @@ async def test_definitive_refusal_during_background_refresh_evicts_group() -> No
 async def test_definitive_refusal_is_remembered_by_every_evicted_key() -> None:
     """Siblings of a refused key answer the refusal from memory instead of each going
     upstream (and wiping the others' negative records in turn)."""
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     for key in ("k1", "k2", "k3"):
         await cache.get(key, up, tags=frozenset({"agent:a"}))
     up.fail = FakeUpstream.definitive("agent disabled", tags={"agent:a"})
@@ -217,7 +209,7 @@ async def test_definitive_refusal_is_remembered_by_every_evicted_key() -> None:
 
 
 async def test_transient_failure_without_cached_token_is_raised() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     up.fail = FakeUpstream.transient("connection refused")
     with pytest.raises(AcquireError) as info:
         await cache.get("k", up)

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
-from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
-
-
-def make() -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
-    clock = FakeClock(0.0)
-    obs = RecordingObserver()
-    cache = TokenCache(CachePolicy(), clock=clock, rand=SequenceRand([0.5]), observer=obs)
-    return cache, clock, FakeUpstream(clock), obs
+from agent_token_broker.cache import AcquireError
+from agent_token_broker.cache.testing import FakeUpstream, scripted_cache
 
 
 def refusal(message: str, tags: frozenset[str] = frozenset(), correlation: str = "corr-1") -> AcquireError:
@@ -29,7 +22,7 @@ def refusal(message: str, tags: frozenset[str] = frozenset(), correlation: str =
 
 
 async def test_request_scoped_refusal_fails_its_own_key_only() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     tags = frozenset({"agent:a", "agent:a@t"})
     victim = await cache.get("victim", up, tags=tags)
     bad = FakeUpstream(up.clock, name="bad")
@@ -46,7 +39,7 @@ async def test_request_scoped_refusal_fails_its_own_key_only() -> None:
 
 
 async def test_siblings_keep_the_identity_refusal_without_the_refused_calls_correlation_id() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     for key in ("k1", "k2"):
         await cache.get(key, up, tags=frozenset({"agent:a@t"}))
     up.fail = refusal("AADSTS7000112: Application 'a' is disabled.", frozenset({"agent:a@t"}))
@@ -65,7 +58,7 @@ async def test_siblings_keep_the_identity_refusal_without_the_refused_calls_corr
 async def test_an_answer_from_a_remembered_revocation_does_not_revoke_again() -> None:
     """An outer key whose acquisition meets a remembered refusal (e.g. a negative T1) fails
     alone: the remembered copy carries no ``evict_tags``."""
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     await cache.get("t1", FakeUpstream(clock, name="t1"), tags=frozenset({"agent:a@t"}))
     refused_t1 = FakeUpstream(clock, name="t1")
     refused_t1.fail = refusal("disabled", frozenset({"agent:a@t"}))
@@ -85,7 +78,7 @@ async def test_an_answer_from_a_remembered_revocation_does_not_revoke_again() ->
 
 
 async def test_isolated_forced_failure_keeps_the_keys_token_and_answers_only_its_caller() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     first = await cache.get("k", up, tags=frozenset({"agent:a@t"}))
     claims = FakeUpstream(clock, name="claims")
     claims.fail = refusal("AADSTS50076: claims the authority will not satisfy")
@@ -100,7 +93,7 @@ async def test_isolated_forced_failure_keeps_the_keys_token_and_answers_only_its
 
 
 async def test_isolated_success_replaces_the_token_and_isolated_revocation_still_applies() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     await cache.get("k", up, tags=frozenset({"agent:a@t"}))
     sibling = await cache.get("k2", up, tags=frozenset({"agent:a@t"}))
     fresh = await cache.get("k", FakeUpstream(clock, name="claims"), force_refresh=True, isolated=True)
@@ -115,7 +108,7 @@ async def test_isolated_success_replaces_the_token_and_isolated_revocation_still
 
 
 async def test_discard_drops_one_key_as_revoked() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     await cache.get("t1", up)
     await cache.get("app", up)
     assert cache.discard("t1") and not cache.discard("t1")

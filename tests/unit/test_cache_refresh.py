@@ -7,24 +7,14 @@ import random
 
 import pytest
 
-from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
-from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import AcquireError
+from agent_token_broker.cache.testing import FakeUpstream, scripted_cache
 
 TIMEOUT = 10
 
 
-def make(
-    rand: SequenceRand | None = None, **policy: float
-) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
-    clock = FakeClock(0.0)
-    obs = RecordingObserver()
-    cache = TokenCache(CachePolicy(**policy), clock=clock, rand=rand or SequenceRand(),  # type: ignore[arg-type]
-                       observer=obs)
-    return cache, clock, FakeUpstream(clock), obs
-
-
 async def test_used_key_is_refreshed_at_half_life() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     first = await cache.get("k", up)
     assert cache.peek("k") is first  # a hit marks the key used
     clock.set(1799)
@@ -37,7 +27,7 @@ async def test_used_key_is_refreshed_at_half_life() -> None:
 
 
 async def test_server_refresh_hint_wins_over_fraction() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     up.refresh_in = 600
     await cache.get("k", up)
     await cache.get("k", up)  # hit -> used
@@ -48,7 +38,7 @@ async def test_server_refresh_hint_wins_over_fraction() -> None:
 
 
 async def test_background_refresh_uses_latest_acquire_function() -> None:
-    cache, clock, old, _obs = make()
+    cache, clock, old, _obs = scripted_cache()
     new = FakeUpstream(clock, name="new")
     await cache.get("k", old)
     await cache.get("k", new)  # hit, replaces the stored acquire
@@ -61,7 +51,7 @@ async def test_background_refresh_uses_latest_acquire_function() -> None:
 
 async def test_refresh_times_are_spread_by_jitter_within_window() -> None:
     rng = random.Random(1234)
-    cache, clock, up, _obs = make(rand=SequenceRand(rng.random() for _ in range(500)))
+    cache, clock, up, _obs = scripted_cache(rng.random() for _ in range(500))
     keys = [f"k{i}" for i in range(300)]
     for k in keys:
         await cache.get(k, up)
@@ -85,7 +75,7 @@ async def test_refresh_times_are_spread_by_jitter_within_window() -> None:
 
 
 async def test_idle_key_is_not_refreshed_and_ages_out() -> None:
-    cache, clock, up, obs = make()
+    cache, clock, up, obs = scripted_cache()
     await cache.get("idle", up)
     await cache.get("hot", up)
     cache.peek("hot")
@@ -103,7 +93,7 @@ async def test_idle_key_is_not_refreshed_and_ages_out() -> None:
 
 
 async def test_hot_key_keeps_being_refreshed_and_never_goes_stale() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     await cache.get("k", up)
     for _cycle in range(5):
         cache.peek("k")
@@ -116,7 +106,7 @@ async def test_hot_key_keeps_being_refreshed_and_never_goes_stale() -> None:
 
 
 async def test_stale_wait_serves_old_token_when_refresh_is_slow() -> None:
-    cache, clock, up, obs = make(stale_wait_seconds=0.05)
+    cache, clock, up, obs = scripted_cache(stale_wait_seconds=0.05)
     old = await cache.get("k", up)  # idle: nobody refreshes it ahead
     clock.set(3400)  # 200 s left: below min_remaining (300), above stale floor (60)
     assert cache.peek("k") is None
@@ -131,7 +121,7 @@ async def test_stale_wait_serves_old_token_when_refresh_is_slow() -> None:
 
 
 async def test_stale_wait_returns_new_token_when_refresh_is_quick() -> None:
-    cache, clock, up, obs = make(stale_wait_seconds=5)
+    cache, clock, up, obs = scripted_cache(stale_wait_seconds=5)
     await cache.get("k", up)
     clock.set(3400)
     fresh = await asyncio.wait_for(cache.get("k", up), TIMEOUT)
@@ -140,7 +130,7 @@ async def test_stale_wait_returns_new_token_when_refresh_is_quick() -> None:
 
 
 async def test_stale_wait_raises_definitive_refusal() -> None:
-    cache, clock, up, _obs = make(stale_wait_seconds=5)
+    cache, clock, up, _obs = scripted_cache(stale_wait_seconds=5)
     await cache.get("k", up)
     clock.set(3400)
     up.fail = FakeUpstream.definitive()
@@ -152,7 +142,7 @@ async def test_stale_wait_raises_definitive_refusal() -> None:
 
 
 async def test_next_expiry_tracks_used_entries_only() -> None:
-    cache, clock, up, _obs = make()
+    cache, clock, up, _obs = scripted_cache()
     await cache.get("a", up)
     clock.set(100)
     await cache.get("b", up)
@@ -165,7 +155,7 @@ async def test_next_expiry_tracks_used_entries_only() -> None:
 
 
 async def test_aclose_cancels_timers_and_inflight() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     await cache.get("a", up)
     up.gate = asyncio.Event()
     up.started.clear()

@@ -6,21 +6,14 @@ import asyncio
 
 import pytest
 
-from agent_token_broker.cache import AcquireError, CachePolicy, TokenCache
-from agent_token_broker.cache.testing import FakeClock, FakeUpstream, RecordingObserver, SequenceRand
+from agent_token_broker.cache import AcquireError
+from agent_token_broker.cache.testing import FakeUpstream, scripted_cache
 
 TIMEOUT = 10
 
 
-def make(**policy: float) -> tuple[TokenCache, FakeClock, FakeUpstream, RecordingObserver]:
-    clock = FakeClock()
-    obs = RecordingObserver()
-    cache = TokenCache(CachePolicy(**policy), clock=clock, rand=SequenceRand(), observer=obs)  # type: ignore[arg-type]
-    return cache, clock, FakeUpstream(clock), obs
-
-
 async def test_thousand_concurrent_misses_share_one_acquisition() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     up.gate = asyncio.Event()
     getters = [asyncio.create_task(cache.get("k", up)) for _ in range(1000)]
     await asyncio.wait_for(up.started.wait(), TIMEOUT)
@@ -34,7 +27,7 @@ async def test_thousand_concurrent_misses_share_one_acquisition() -> None:
 
 
 async def test_cancelled_waiter_does_not_cancel_shared_acquisition() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     up.gate = asyncio.Event()
     first = asyncio.create_task(cache.get("k", up))
     second = asyncio.create_task(cache.get("k", up))
@@ -49,7 +42,7 @@ async def test_cancelled_waiter_does_not_cancel_shared_acquisition() -> None:
 
 
 async def test_acquisition_completes_and_is_cached_when_every_waiter_left() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     up.gate = asyncio.Event()
     waiter = asyncio.create_task(cache.get("k", up))
     await asyncio.wait_for(up.started.wait(), TIMEOUT)
@@ -62,7 +55,7 @@ async def test_acquisition_completes_and_is_cached_when_every_waiter_left() -> N
 
 
 async def test_error_is_delivered_to_every_waiter_once_fetched() -> None:
-    cache, _clock, up, obs = make()
+    cache, _clock, up, obs = scripted_cache()
     up.gate = asyncio.Event()
     up.fail = FakeUpstream.transient("entra timed out")
     getters = [asyncio.create_task(cache.get("k", up)) for _ in range(50)]
@@ -76,7 +69,7 @@ async def test_error_is_delivered_to_every_waiter_once_fetched() -> None:
 
 
 async def test_non_acquire_exception_is_wrapped_as_transient_without_its_text() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     up.fail = RuntimeError("secret-ish detail")
     with pytest.raises(AcquireError) as info:
         await cache.get("k", up)
@@ -86,7 +79,7 @@ async def test_non_acquire_exception_is_wrapped_as_transient_without_its_text() 
 
 
 async def test_force_refresh_is_rate_limited_per_key() -> None:
-    cache, clock, up, _obs = make(force_refresh_min_interval_seconds=10)
+    cache, clock, up, _obs = scripted_cache(force_refresh_min_interval_seconds=10)
     assert (await cache.get("k", up)).value == "tok-1"
     assert (await cache.get("k", up, force_refresh=True)).value == "tok-2"
     clock.advance(9)
@@ -101,7 +94,7 @@ async def test_force_refresh_is_rate_limited_per_key() -> None:
 
 
 async def test_force_refresh_bypasses_negative_cache() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     up.fail = FakeUpstream.transient()
     with pytest.raises(AcquireError):
         await cache.get("k", up)
@@ -114,7 +107,7 @@ async def test_force_refresh_bypasses_negative_cache() -> None:
 
 
 async def test_concurrent_force_refreshes_coalesce() -> None:
-    cache, _clock, up, _obs = make()
+    cache, _clock, up, _obs = scripted_cache()
     await cache.get("k", up)
     up.gate = asyncio.Event()
     up.started.clear()

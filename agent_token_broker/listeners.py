@@ -255,6 +255,8 @@ class ConnectionGuard:
     def __init__(self, name: str, limits: ConnectionLimits) -> None:
         self.name = name
         self.limits = limits
+        # How far ahead a connection's timer is set: the shorter timeout.
+        self.step = min(limits.idle_timeout, limits.header_timeout)
         self.stats = GuardStats()
         self.open = 0
         self._per_peer: dict[str, int] = {}
@@ -412,20 +414,21 @@ class _Guarded(asyncio.Protocol):
         self._arm(self._loop.time() + self._guard.limits.idle_timeout)
 
     def _arm(self, deadline: float) -> None:
+        # One timer per connection, never moved per request: it is scheduled at most ``step`` (the
+        # shorter timeout) ahead, so every later deadline is at or after it; when it fires early it
+        # schedules itself again (at most once per ``step`` on a busy connection).
         self._deadline = deadline
-        handle = self._handle
-        if handle is None or handle.when() > deadline:
-            if handle is not None:
-                handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._fire)
+        if self._handle is None:
+            self._handle = self._loop.call_at(min(deadline, self._loop.time() + self._guard.step), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
         transport = self._transport
         if transport is None or self._state == _REQUEST or transport.is_closing():
             return
-        if self._loop.time() < self._deadline:
-            self._handle = self._loop.call_at(self._deadline, self._fire)
+        now = self._loop.time()
+        if now < self._deadline:
+            self._handle = self._loop.call_at(min(self._deadline, now + self._guard.step), self._fire)
             return
         if self._state == _HEAD:
             self._guard.stats.header_timeouts += 1

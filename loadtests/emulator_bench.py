@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from entra_emulator import demo
-from loadtests import procs
+from loadtests import procs, pyspy
 from loadtests.context import BENCH_LIMITS
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -163,7 +163,8 @@ def broker_credential(emu: Emulator, kind: str) -> dict[str, str]:
 
 
 def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path,
-               credential: str = "secret") -> dict[str, Any]:
+               credential: str = "secret", broker_profile: Path | None = None,
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     from loadtests import clients
 
     port, ops = procs.free_port(), procs.free_port()
@@ -179,6 +180,7 @@ def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path
         "Logging__LogLevel__Default": "Warning",
         "REQUESTS_CA_BUNDLE": str(emu.ca_path),
         **BENCH_LIMITS,
+        **(extra_env or {}),
     })
     log = open(workdir / "broker.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "agent_token_broker.cli", "serve"], env=env, cwd=procs.ROOT,
@@ -186,11 +188,14 @@ def run_broker(emu: Emulator, agents: list[str], concurrency: int, workdir: Path
     try:
         procs.wait_http(f"http://127.0.0.1:{ops}/readyz", proc=proc)
         before = emu.token_counts()
+        spy = pyspy.record(proc.pid, broker_profile) if broker_profile is not None else None
         cpu0, bcpu0, t0 = emu.cpu(), cpu_seconds(proc.pid), time.monotonic()
         paths = [(f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={a}", {}) for a in agents]
         warmed = clients.warm(f"http://127.0.0.1:{port}", paths, concurrency=concurrency, max_seconds=1800)
         wall, cpu, bcpu = time.monotonic() - t0, emu.cpu() - cpu0, cpu_seconds(proc.pid) - bcpu0
         after = emu.token_counts()
+        if spy is not None:
+            pyspy.stop(spy)
     finally:
         procs.stop_process(proc)
         log.close()
@@ -262,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=procs.ROOT / "loadtests" / "results")
     p.add_argument("--emulator-src", type=Path, default=None,
                    help="run the emulator package from this source tree (e.g. `git archive` of a baseline commit)")
+    p.add_argument("--broker-profile", type=Path, default=None,
+                   help="broker mode: sample the broker with py-spy while it warms; collapsed stacks to this file")
+    p.add_argument("--broker-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="broker mode: an extra setting for serve (repeatable), e.g. Broker__Upstream__MaxConcurrency=32")
     p.add_argument("--label", default="", help="a name for this run in the results (e.g. before/after)")
     args = p.parse_args(argv)
     command = "python -m loadtests.emulator_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -281,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "direct":
                     run = run_direct(emu, half, args.concurrency)
                 else:
-                    run = run_broker(emu, half, args.concurrency, workdir, args.credential)
+                    extra = dict(kv.split("=", 1) for kv in args.broker_env)
+                    run = run_broker(emu, half, args.concurrency, workdir, args.credential,
+                                     args.broker_profile, extra)
                 run["identities"] = len(half)
                 run["label"] = args.label
                 runs.append(run)
@@ -291,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_text = top_frames(profile) if profile is not None and profile.exists() else None
     if profile_text:
         print(profile_text)
+    if args.broker_profile is not None and args.broker_profile.exists():
+        print(pyspy.collapsed_top(args.broker_profile))
     print(f"wrote {write_results(args.out, command, runs, profile_text)}")
     return 0
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests import scenarios_callers, scenarios_flows, scenarios_hot
+from loadtests import scenarios_callers, scenarios_flows, scenarios_hot, scenarios_scale
 from loadtests.context import Ctx, Options
 from loadtests.report import RESULTS, machine_info, write_results
 from loadtests.wrk import ensure_tool
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
     "outage": scenarios_flows.outage,
     "soak": scenarios_flows.soak,
     "callers": scenarios_callers.callers,
+    "warm": scenarios_scale.warm,
 }
 SMOKE = ("hot", "mixed", "stampede", "outage")
 
@@ -53,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--spread-keys", type=int, default=10_000, help="keys for the spread scenario (default 10000)")
     p.add_argument("--stampede-clients", type=int, default=1000, help="concurrent cold requests (default 1000)")
     p.add_argument("--warm-budget", type=float, default=300.0, help="max seconds warming keys per scenario")
+    p.add_argument("--tracemalloc", action="store_true", help="warm: trace the broker's allocations (memory table)")
     p.add_argument("--smoke", action="store_true", help="tiny, fast run of a few scenarios (CI; <= 60 s)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default loadtests/results)")
     p.add_argument("--tag", default="", help="added to the result files' names (<date>-<tag>-<scenario>.json)")
@@ -69,7 +71,7 @@ def options(args: argparse.Namespace) -> tuple[Options, list[str]]:
                    identities=tuple(int(x) for x in args.identities.split(",") if x.strip()),
                    spread_keys=args.spread_keys, stampede_clients=args.stampede_clients,
                    warm_budget=args.warm_budget, outage_duration=args.outage_duration,
-                   soak_duration=args.soak_duration)
+                   soak_duration=args.soak_duration, tracemalloc=args.tracemalloc)
     chosen = args.scenario or ["all"]
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     return opts, names

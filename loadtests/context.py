@@ -55,6 +55,7 @@ class Options:
     warm_budget: float = 300.0  # max seconds spent warming any one scenario's keys
     outage_duration: float | None = None
     soak_duration: float | None = None
+    tracemalloc: bool = False  # the warm scenario's broker traces allocations (slower; for the memory table)
 
     def dur(self, default: float) -> float:
         return self.duration if self.duration is not None else default
@@ -72,12 +73,13 @@ class Ctx:
         self.started.append(server)
         return server, EmulatorAdmin(server.url, server.ca_path, timeout=30)
 
-    def broker(self, emulator: EmulatorServer, extra: Mapping[str, str] | None = None,
+    def broker(self, emulator: EmulatorServer | Any, extra: Mapping[str, str] | None = None,
                profile_out: Path | None = None, *, default_limits: bool = False,
-               gc_freeze: bool = True) -> procs.Broker:
+               gc_freeze: bool = True, probe_out: Path | None = None) -> procs.Broker:
         env = {} if default_limits else dict(BENCH_LIMITS)
         env.update(extra or {})
-        b = procs.Broker(emulator, self.workdir / "broker.log", env, profile_out, gc_freeze=gc_freeze)
+        b = procs.Broker(emulator, self.workdir / "broker.log", env, profile_out, gc_freeze=gc_freeze,
+                         probe_out=probe_out)
         self.started.append(b)
         return b
 

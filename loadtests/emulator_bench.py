@@ -41,75 +41,11 @@ import aiohttp
 from entra_emulator import demo
 from loadtests import procs, pyspy
 from loadtests.context import BENCH_LIMITS
+from loadtests.emuproc import Emulator, cpu_seconds
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FMI_SCOPE = demo.TOKEN_EXCHANGE_SCOPE
 GRAPH_SCOPE = f"{demo.GRAPH_RESOURCE}/.default"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (threads included)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-class Emulator:
-    """``python -m entra_emulator`` with a tenant of ``n`` agent identities (optionally under cProfile)."""
-
-    def __init__(self, workdir: Path, n: int, profile_out: Path | None, src: Path | None = None) -> None:
-        spec = procs.tenant_spec(max(n, 3))
-        spec_file = workdir / "tenant.json"
-        spec_file.write_text(json.dumps(spec))
-        self.port, mi_port = procs.free_port(), procs.free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.authority = f"{self.url}/{demo.TENANT_ID}"
-        self.state_dir = workdir / "emulator-state"
-        self.ca_path = self.state_dir / "ca.pem"
-        args = ["--port", str(self.port), "--mi-port", str(mi_port), "--state-dir", str(self.state_dir),
-                "--tenant-file", str(spec_file)]
-        if profile_out is None:
-            cmd = [sys.executable, "-m", "entra_emulator", *args]
-        else:  # the emulator returns from main() on SIGTERM, so cProfile writes its stats
-            code = ("import cProfile; from entra_emulator.cli import main; "
-                    f"cProfile.runctx('main(a)', {{}}, {{'main': main, 'a': {args!r}}}, {str(profile_out)!r})")
-            cmd = [sys.executable, "-c", code]
-        self._log = open(workdir / "emulator.log", "ab")
-        # ``src``: run another checkout's emulator (an A/B against a baseline commit).
-        self.proc = subprocess.Popen(cmd, cwd=src or procs.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120  # a 100k-agent tenant file takes a while to load
-        while not self.ca_path.exists() or not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"emulator did not start (see {workdir / 'emulator.log'})")
-            time.sleep(0.1)
-
-    def _answers(self) -> bool:
-        ctx = ssl.create_default_context(cafile=str(self.ca_path))
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.authority}/v2.0/.well-known/openid-configuration",
-                                        timeout=2, context=ctx) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def token_counts(self) -> dict[str, int]:
-        import urllib.request
-
-        ctx = ssl.create_default_context(cafile=str(self.ca_path))
-        with urllib.request.urlopen(f"{self.url}/_emulator/log?since={10**12}", timeout=10, context=ctx) as resp:
-            counts: dict[str, int] = json.load(resp)["counts"]
-        return counts
-
-    def stop(self) -> None:
-        procs.stop_process(self.proc, timeout=60)
-        self._log.close()
 
 
 async def _direct(emu: Emulator, agents: list[str], concurrency: int) -> dict[str, Any]:

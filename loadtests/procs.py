@@ -107,8 +107,8 @@ def start_emulator(state_dir: Path, n_agents: int = 2) -> EmulatorServer:
 class Broker:
     """``agent-token-broker serve`` as a subprocess (uvloop, Warning logs), ops listener for readiness."""
 
-    def __init__(self, emulator: EmulatorServer, log_path: Path, extra: Mapping[str, str] | None = None,
-                 profile_out: Path | None = None, *, gc_freeze: bool = True) -> None:
+    def __init__(self, emulator: EmulatorServer | Any, log_path: Path, extra: Mapping[str, str] | None = None,
+                 profile_out: Path | None = None, *, gc_freeze: bool = True, probe_out: Path | None = None) -> None:
         self.port, self.ops_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ops_url = f"http://127.0.0.1:{self.ops_port}"
@@ -127,7 +127,11 @@ class Broker:
             "REQUESTS_CA_BUNDLE": str(emulator.ca_path),
         })
         env.update(extra or {})
-        if not gc_freeze:  # the A/B run of the gc.freeze() measurement: the same broker without it
+        self.probe_out = probe_out
+        if probe_out is not None:  # serve with loadtests.probe inside (samples; memory breakdown on SIGUSR1)
+            env["PROBE_OUT"] = str(probe_out)
+            cmd = [sys.executable, "-m", "loadtests.probe"]
+        elif not gc_freeze:  # the A/B run of the gc.freeze() measurement: the same broker without it
             cmd = [sys.executable, "-c", "import gc; gc.freeze = lambda: None; "
                    "from agent_token_broker.cli import main; main(['serve'])"]
         elif profile_out is None:
@@ -152,6 +156,26 @@ class Broker:
 
     def stats(self) -> dict[str, int]:
         return proc_stats(self.proc.pid)
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The probe's samples so far (``probe_out``): tasks, threads, RSS, fds, cache entries."""
+        if self.probe_out is None or not self.probe_out.exists():
+            return []
+        return [json.loads(line) for line in self.probe_out.read_text().splitlines() if line.strip()]
+
+    def memory(self, timeout: float = 600.0) -> dict[str, Any]:
+        """The probe's memory breakdown (SIGUSR1; waits for the file, bounded)."""
+        assert self.probe_out is not None, "memory() needs a broker started with probe_out"
+        target = Path(str(self.probe_out) + ".memory.json")
+        target.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not target.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the probe wrote no memory breakdown")
+            time.sleep(0.2)
+        result: dict[str, Any] = json.loads(target.read_text())
+        return result
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -105,6 +105,12 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: st
                 lines.append(f"| {g['goal']} | {g['target']} | {_cell(g['measured'])} | {met} | "
                              f"{g.get('floor', '')} | {yes_no[g.get('above_floor')]} |")
             lines.append("")
+        for title, rows in result.get("extra_tables", {}).items():
+            if rows:
+                headers = list(rows[0].keys())
+                lines += [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                lines += ["| " + " | ".join(_cell(row.get(h, "")) for h in headers) + " |" for row in rows]
+                lines.append("")
         lines += [f"- {note}" for note in result.get("notes", [])]
         lines.append("")
     return "\n".join(lines)

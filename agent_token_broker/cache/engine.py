@@ -61,7 +61,7 @@ class TokenCache:
         self._rand = rand
         self._obs: CacheObserver = observer if observer is not None else NullObserver()
         self._lookup = self._obs.lookup
-        self._store = KeyStore(policy.max_entries, self._obs)
+        self._store = KeyStore(policy.max_entries, self._obs, clock, self._on_timer)
         self._get = self._store.get  # hot path: one attribute hop less
         self._tasks: set[asyncio.Task[CachedToken]] = set()
         self._closed = False
@@ -350,24 +350,16 @@ class TokenCache:
         """Arm the key's one timer at ``due``. What it does when it fires depends on the key
         then (``_fire``): a token still valid is refreshed (if used) or left to age out;
         anything else expires."""
-        self._store.disarm(entry)
-        if self._closed:
-            return
-        self._arm(entry, due, due - self._clock())
-
-    def _arm(self, entry: KeyEntry, due: float, delay: float) -> None:
-        handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._on_timer, entry)
-        self._store.arm(entry, due, handle)
+        if not self._closed:
+            self._store.arm(entry, due)
+        else:
+            self._store.disarm(entry)
 
     def _on_timer(self, entry: KeyEntry) -> None:
-        entry.timer = None
+        """The store's schedule found ``entry``'s timer due (``clock() >= due``)."""
         if entry.gone or self._closed:
             return
-        now = self._clock()
-        if now < entry.timer_due:  # loop time ran ahead of the cache's clock: re-arm
-            self._arm(entry, entry.timer_due, max(entry.timer_due - now, 0.001))
-            return
-        self._fire(entry, now)
+        self._fire(entry, self._clock())
 
     def _fire(self, entry: KeyEntry, now: float) -> asyncio.Task[CachedToken] | None:
         self._store.disarm(entry)
@@ -423,6 +415,13 @@ class TokenCache:
         """Pending timer time per key (for tests and diagnostics)."""
         return {e.key: e.timer_due for e in self._store.armed()}
 
+    def timer_stats(self) -> dict[str, int]:
+        """The schedule's size (leak checks, O(n)): ``armed`` entries, ``live`` records in its heap
+        (= armed), ``records`` live and stale (at most ``2 * armed + 64``), ``loop_timers`` (0 or 1)."""
+        schedule = self._store.schedule
+        return {"armed": len(schedule), "live": schedule.live_records(), "records": schedule.records,
+                "loop_timers": schedule.loop_timers}
+
     # ------------------------------------------------------------------- admin
     def evict(self, key: Hashable, *, reason: str = "admin") -> bool:
         """Remove ``key`` (admin action). Returns whether it was present."""
@@ -474,8 +473,7 @@ class TokenCache:
     async def aclose(self) -> None:
         """Cancel every timer and in-flight acquisition; later gets schedule no timers."""
         self._closed = True
-        for entry in self._store.armed():
-            self._store.disarm(entry)
+        self._store.schedule.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -100,8 +100,8 @@ class KeyEntry:
 
     ``fresh_until``/``stale_until`` are precomputed epoch times so the hot path compares
     one float. ``used`` marks a hit since the last acquisition (refresh-ahead), ``touched``
-    a lookup since the eviction sweep last passed (second chance). ``timer``/``timer_due``
-    are the key's one loop timer (armed through the store).
+    a lookup since the eviction sweep last passed (second chance). ``timer`` is the key's one
+    timer: its ``(due, entry)`` record in the store's schedule (``schedule.py``), or None.
     """
 
     __slots__ = (
@@ -115,7 +115,6 @@ class KeyEntry:
         "state",
         "tags",
         "timer",
-        "timer_due",
         "token",
         "touched",
         "used",
@@ -133,13 +132,22 @@ class KeyEntry:
         self.used = False
         self.touched = False
         self.inflight: asyncio.Task[CachedToken] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_due = _NEG_INF
+        self.timer: tuple[float, KeyEntry] | None = None
         self.forced_at: float | None = None
 
     @property
     def gone(self) -> bool:
         return self.state is KeyState.GONE
+
+    @property
+    def timer_due(self) -> float:
+        """When the key's timer fires (cache clock), ``-inf`` when none is armed."""
+        timer = self.timer
+        return timer[0] if timer is not None else _NEG_INF
+
+    def __lt__(self, other: KeyEntry) -> bool:
+        """Entries due at the same time are in no particular order (the schedule's heap)."""
+        return False
 
     def _step(self, event: Event) -> None:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import sys
 from collections.abc import Iterable
 
 __all__ = ["TokenKey", "normalise_scope", "normalise_user", "token_key"]
@@ -81,12 +82,13 @@ def token_key(
         claims: a claims challenge (CAE); only its SHA-256 hex is kept.
 
     Returns:
-        ``(flow, tenant, client, user, assertion_sha256, scopes, claims_sha256)``.
+        ``(flow, tenant, client, user, assertion_sha256, scopes, claims_sha256)``. The tenant
+        and client are interned: an identity's keys (and every key of a tenant) share one copy.
     """
     return (
         flow,
-        tenant.strip().lower(),
-        client.strip().lower(),
+        sys.intern(tenant.strip().lower()),
+        sys.intern(client.strip().lower()),
         normalise_user(user) if user is not None else None,
         _sha256(assertion) if assertion is not None else None,
         _normalised_scopes(scopes if isinstance(scopes, tuple) else tuple(scopes)),

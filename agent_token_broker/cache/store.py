@@ -7,17 +7,51 @@ The engine sees entries and tags through these methods only.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
 from agent_token_broker.cache.entry import KeyEntry
 from agent_token_broker.cache.observer import CacheObserver
+from agent_token_broker.cache.schedule import Schedule
 from agent_token_broker.cache.token import CachedToken
 
 __all__ = ["KeyStore"]
 
 Acquire = Callable[[], Awaitable[CachedToken]]
+# A tag's keys: a tuple while few (an agent identity's handful of tokens: 56 bytes for two, where
+# a set is 216), a set beyond (a blueprint's tag carries every key; OBO keys per user can be many).
+Keys = tuple[Hashable, ...] | set[Hashable]
+SMALL_TAG = 8
+
+
+def _index_add(index: dict[str, Keys], tag: str, key: Hashable) -> None:
+    held = index.get(tag)
+    if held is None:
+        index[tag] = (key,)
+    elif isinstance(held, tuple):
+        if key not in held:
+            index[tag] = (*held, key) if len(held) < SMALL_TAG else {*held, key}
+    else:
+        held.add(key)
+
+
+def _index_discard(index: dict[str, Keys], tag: str, key: Hashable) -> None:
+    held = index.get(tag)
+    if held is None:
+        return
+    if isinstance(held, tuple):
+        rest = tuple(k for k in held if k != key)
+        if len(rest) == len(held):
+            return
+    else:
+        held.discard(key)
+        rest = tuple(held) if len(held) <= SMALL_TAG // 2 else ()
+        if held and not rest:
+            return
+    if rest:
+        index[tag] = rest
+    else:
+        del index[tag]
 
 
 class KeyStore:
@@ -30,11 +64,19 @@ class KeyStore:
     once, so an insert costs amortised O(1).
     """
 
-    def __init__(self, max_entries: int, observer: CacheObserver) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        observer: CacheObserver,
+        clock: Callable[[], float],
+        fire: Callable[[KeyEntry], None],
+    ) -> None:
         self._obs = observer
         self._max = max_entries
         self._entries: OrderedDict[Hashable, KeyEntry] = OrderedDict()
-        self._tags: dict[str, set[Hashable]] = {}
+        self._tags: dict[str, Keys] = {}
+        #: Every entry's one timer (``fire(entry)`` when it is due, on the event loop).
+        self.schedule = Schedule(clock, fire)
         #: The entry for a key, or None; no side effects (the hot path: a plain dict lookup).
         self.get: Callable[[Hashable], KeyEntry | None] = self._entries.get
 
@@ -61,13 +103,13 @@ class KeyStore:
         entry = KeyEntry(key, acquire, tags)
         entries[key] = entry
         for tag in tags:
-            self._tags.setdefault(tag, set()).add(key)
+            _index_add(self._tags, tag, key)
         self._obs.entries(len(entries))
         return entry
 
     def add_tags(self, entry: KeyEntry, tags: frozenset[str]) -> None:
         for tag in tags - entry.tags:
-            self._tags.setdefault(tag, set()).add(entry.key)
+            _index_add(self._tags, tag, entry.key)
         entry.tags = entry.tags | tags
 
     def tagged(self, tags: Iterable[str]) -> list[KeyEntry]:
@@ -104,27 +146,18 @@ class KeyStore:
         entry.left()
         self.disarm(entry)
         for tag in entry.tags:
-            keys = self._tags.get(tag)
-            if keys is not None:
-                keys.discard(entry.key)
-                if not keys:
-                    del self._tags[tag]
+            _index_discard(self._tags, tag, entry.key)
 
     def tag_index_size(self) -> int:
         return sum(len(keys) for keys in self._tags.values())
 
     # ---------------------------------------------------------------- timers
-    @staticmethod
-    def arm(entry: KeyEntry, due: float, handle: asyncio.TimerHandle) -> None:
-        """Record ``handle`` as ``entry``'s one timer, firing at ``due`` (cache clock)."""
-        entry.timer_due = due
-        entry.timer = handle
+    def arm(self, entry: KeyEntry, due: float) -> None:
+        """Arm ``entry``'s one timer at ``due`` (cache clock), replacing the one it had."""
+        self.schedule.arm(entry, due)
 
-    @staticmethod
-    def disarm(entry: KeyEntry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+    def disarm(self, entry: KeyEntry) -> None:
+        self.schedule.disarm(entry)
 
     def armed(self) -> list[KeyEntry]:
         """The entries with a timer (a snapshot; O(n): tests, diagnostics, shutdown)."""

@@ -49,12 +49,15 @@ async def _fill_200k_into_50k(loop: TimerCountingLoop) -> None:
     # Newest are served from cache, oldest are gone.
     assert cache.peek(n - 1) is not None and cache.peek(n - 50_000) is not None
     assert cache.peek(0) is None and cache.peek(n - 50_001) is None
-    # No leaks: one tag per entry in the index, one timer per entry, in the cache and in the loop.
+    # No leaks: one tag per entry in the index, one timer per entry in the cache's schedule (an
+    # evicted key's record is no longer live), and one loop timer for the whole schedule.
     assert cache.tag_index_size() == 50_000
     assert len(cache.due_times()) == 50_000
-    assert loop.pending_timers() == 50_000  # each evicted key's timer was cancelled
+    stats = cache.timer_stats()
+    assert stats["armed"] == stats["live"] == 50_000 and stats["records"] <= 2 * 50_000 + 64
+    assert loop.pending_timers() == 1
     await cache.aclose()
-    assert loop.pending_timers() == 0
+    assert loop.pending_timers() == 0 and cache.timer_stats()["records"] == 0
 
 
 async def test_lru_keeps_recently_used_keys() -> None:

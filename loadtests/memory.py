@@ -103,6 +103,9 @@ def token_bytes(broker: Any) -> tuple[int, int]:
 
 def _gate(broker: Any) -> Any:
     """The API's token gate (an app key on aiohttp's Application, or the low-level front's services)."""
+    api = getattr(broker, "api", None)
+    if api is not None:
+        return api.gate
     for runner in broker.runners:
         handler = getattr(runner.server, "_handler", None)
         front = getattr(handler, "__self__", None)
@@ -120,6 +123,9 @@ def _gate(broker: Any) -> Any:
 
 
 def _refusals(broker: Any) -> Any:
+    api = getattr(broker, "api", None)
+    if api is not None:
+        return api.services.refusals
     for runner in broker.runners:
         handler = getattr(runner.server, "_handler", None)
         services = getattr(getattr(handler, "__self__", None), "services", None)

@@ -85,6 +85,11 @@ class MissLimiter:
         for bucket in self._agents.values():
             bucket.reshape(self._rate, self._burst)
 
+    def sizes(self) -> dict[str, int]:
+        """What the limiter holds: ``agent_buckets`` (at most ``MAX_AGENT_BUCKETS``) and
+        ``recent_keys`` (at most ``MAX_RECENT_KEYS``)."""
+        return {"agent_buckets": len(self._agents), "recent_keys": len(self._recent)}
+
     def _agent_bucket(self, key: str) -> TokenBucket:
         bucket = self._agents.get(key)
         if bucket is not None:
@@ -147,6 +152,11 @@ class InFlight:
         """New caps (also on a reload): requests already in flight are still counted."""
         self._max_total = limits.max_concurrent_requests
         self._max_caller = limits.max_concurrent_requests_per_caller
+
+    @property
+    def callers(self) -> int:
+        """Callers with a request in flight (each forgotten when its count drops to zero)."""
+        return len(self._by_caller)
 
     def check(self, caller: str) -> None:
         """Raise 429 (this caller is at its cap) / 503 (the broker is full) when ``caller`` may not

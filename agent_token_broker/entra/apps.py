@@ -1,4 +1,4 @@
-"""MSAL application objects: one per blueprint, a bounded LRU of per-agent apps.
+"""MSAL application objects: bounded LRUs of the blueprint's apps (one per tenant) and of per-agent apps.
 
 MSAL's own token cache is replaced by a no-op: the broker's cache engine is the
 only token cache (MSAL's grows without bound with OBO users and scans O(n) under
@@ -65,7 +65,11 @@ class AppRegistry:
         host = urlsplit(self._instance).hostname or ""
         self._instance_discovery = host in MICROSOFT_HOSTS
         self._agents: LRUCache[Hashable, msal.ConfidentialClientApplication] = LRUCache(max_agent_apps)
-        self._blueprints: dict[Hashable, tuple[Hashable, msal.ConfidentialClientApplication]] = {}
+        # One per tenant the blueprint acquires in: callers may name tenants (the Tenant override),
+        # so this is bounded too (a dropped app is rebuilt: the credential, discovery from the cache).
+        self._blueprints: LRUCache[Hashable, tuple[Hashable, msal.ConfidentialClientApplication]] = LRUCache(
+            max_agent_apps
+        )
         self._lock = threading.Lock()
 
     def authority(self, tenant: str) -> str:

@@ -101,7 +101,7 @@ class RedisCacheConfig:
 class CacheConfig(CachePolicy):
     """``Broker__Cache__*``: the token cache's policy, per-agent clients, admin route and shared cache."""
 
-    max_agent_clients: int = setting("MaxAgentClients", 1000, low=1, high=10_000_000, doc="LRU cap on per-agent MSAL clients (about 11 KiB each; an evicted one is rebuilt in about 0.2 ms, offline).")
+    max_agent_clients: int = setting("MaxAgentClients", 1000, low=1, high=10_000_000, doc="LRU cap on per-agent MSAL clients, and on the blueprint's per-tenant ones (about 10 KiB each; an evicted one is rebuilt in about 0.2 ms, offline).")
     admin_secret: Secret | None = setting("AdminSecret", None, min_len=16, doc="Enables `POST /admin/cache/clear` on the ops listener (`Authorization: Bearer <secret>`); no route without it.")
     redis: RedisCacheConfig | None = setting("Redis", None)
 

@@ -164,6 +164,36 @@ async def test_a_definitive_refusal_stops_serving_older_shared_tokens_of_the_rev
         await shared.aclose()
 
 
+async def test_everything_the_shared_cache_writes_to_redis_expires(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Redis holds values, locks and revocation epoch records (per key and per identity tag): none
+    of them lives for ever, so Redis-side state is bounded by the keys and identities of the last
+    TTL (values: the token's expiry; locks: LockTtlSeconds; epoch records: 48 h, renewed on writes)."""
+    shared = make_shared(redis_server, tmp_path)
+    cache = TokenCache(POLICY)
+    up = Upstream()
+    tags = frozenset({"agent:agent-1", "agent:agent-1@tenant"})
+
+    async def refused() -> CachedToken:
+        raise AcquireError("agent disabled", transient=False, evict_tags=tags)
+
+    keys = [token_key("agent_app", "tenant", "agent-1", scopes=[f"api://r{i}/.default"]) for i in range(5)]
+    try:
+        for k in keys:
+            await cache.get(k, shared.wrap(k, up, current=lambda k=k: cache.current(k), tags=tags), tags=tags)
+        with pytest.raises(AcquireError):  # raises the identity's epoch records
+            acquire = shared.wrap(keys[0], refused, current=lambda: cache.current(keys[0]), forced=True, tags=tags)
+            await cache.get(keys[0], acquire, tags=tags, force_refresh=True)
+        client = redis_server.client()
+        names = list(client.scan_iter(count=1000))
+        assert len(names) >= len(keys) + len(tags)  # values (4 left) + their epoch records + the tags'
+        assert any(n.endswith(b":epoch") for n in names)
+        without_ttl = [n for n in names if client.pttl(n) < 0]
+        assert without_ttl == []
+    finally:
+        await cache.aclose()
+        await shared.aclose()
+
+
 def test_sealed_value_is_bound_to_its_name_and_key() -> None:
     ring = KeyRing([new_key()], namespace="b")
     blob = ring.seal("atb:{a}", b"secret")

@@ -4,6 +4,7 @@ lists every bound and the test that holds it."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 
@@ -77,3 +78,23 @@ async def test_the_gate_decision_memo_stays_within_its_bytes(broker_factory: Bro
 
 async def _not_called() -> CachedToken:
     raise AssertionError("a seeded key is not acquired")
+
+
+async def test_connection_guard_tables_hold_open_connections_only(broker_factory: BrokerFactory) -> None:
+    """The per-connection and per-peer tables of both listeners empty again when connections close."""
+    async with broker_factory() as broker:
+        targets = [(broker.api_urls[0], "/healthz"), (broker.ops_url, "/healthz")]
+        for base, path in targets:
+            assert base is not None
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            conns = [await asyncio.open_connection(host, int(port)) for _ in range(40)]
+            for _reader, writer in conns:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            for reader, _ in conns:
+                assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 ")
+            assert sum(g.open for g in broker.guards.values()) >= min(40, 8)  # ops caps 8 per peer
+            for _, writer in conns:
+                writer.close()
+        async with asyncio.timeout(10):
+            while any(g.open or g._per_peer or g._by_transport for g in broker.guards.values()):
+                await asyncio.sleep(0.02)

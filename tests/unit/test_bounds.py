@@ -47,7 +47,7 @@ def test_every_memo_in_the_broker_is_bounded() -> None:
     assert len(memos) >= 8, sorted(memos)  # the tag-set, scope, meta, parse and guard memos at least
     unbounded = [name for name, memo in memos.items() if memo.cache_info().maxsize is None]
     assert unbounded == []
-    too_big = [name for name, memo in memos.items() if memo.cache_info().maxsize > 16_384]
+    too_big = [name for name, memo in memos.items() if memo.cache_info().maxsize > 8_192]
     assert too_big == []
 
 

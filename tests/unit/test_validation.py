@@ -638,3 +638,19 @@ async def test_verified_signature_is_remembered_but_every_other_check_still_runs
         await v.validate(long_lived)
     assert caught.value.reason == "unknown signing key"
     await v.aclose()
+
+
+async def test_the_signature_memo_is_bounded(
+    make_validator: Callable[..., InboundValidator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distinct inbound tokens (one per user) each remember a verified signature, up to the bound."""
+    from agent_token_broker.validation import validator as module
+
+    monkeypatch.setattr(module, "VERIFIED_CACHE_SIZE", 16)
+    v = make_validator(metadata_ttl=3600)
+    key = rsa_key("a")
+    for i in range(40):
+        claims = await v.validate(sign(key, "kid-a", exp=int(NOW) + 600, sub=f"user-{i}"))
+        assert claims["sub"] == f"user-{i}"
+    assert len(v._verified) == 16
+    await v.aclose()

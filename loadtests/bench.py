@@ -33,7 +33,7 @@ SCENARIOS: dict[str, Scenario] = {
     "stampede": scenarios_flows.stampede,
     "scale": scenarios_hot.scale,
     "outage": scenarios_flows.outage,
-    "soak": scenarios_flows.soak,
+    "soak": scenarios_scale.soak,
     "callers": scenarios_callers.callers,
     "warm": scenarios_scale.warm,
 }

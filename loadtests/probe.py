@@ -45,9 +45,11 @@ def _rss_kib() -> int:
 def sample(broker: RunningBroker, t0: float) -> dict[str, Any]:
     return {
         "t": round(time.monotonic() - t0, 2),
+        "at": round(time.time(), 2),
         "tasks": len(asyncio.all_tasks()),
         "threads": threading.active_count(),
         "rss_kib": _rss_kib(),
+        "cpu_s": round(time.process_time(), 2),
         "fds": len(os.listdir("/proc/self/fd")),
         "cache_entries": len(broker.runtime.cache),
         "gc_counts": list(gc.get_count()),

@@ -1,4 +1,4 @@
-"""Flow scenarios: mixed flows, cold stampede, Entra outage, soak."""
+"""Flow scenarios: mixed flows, cold stampede, Entra outage."""
 
 from __future__ import annotations
 
@@ -138,40 +138,4 @@ def outage(ctx: Ctx) -> dict[str, Any]:
         "goals": [goal("failed requests while tokens are cached", "0", res.failed, res.failed == 0)],
         "notes": ["tokens live ~1 h in the emulator, so no refresh is due during the run; "
                   "see tests/integration for refresh-during-outage behaviour."],
-    }
-
-
-def soak(ctx: Ctx) -> dict[str, Any]:
-    o = ctx.opts
-    duration = o.soak_duration or o.dur(600.0)
-    samples: list[dict[str, float]] = []
-    with scenario(ctx):
-        emu, admin = ctx.emulator()
-        broker = ctx.broker(emu)
-        lines = [(agent_path(a, api), {}) for a in (A1, A2) for api in ("graph", "demo")] + mixed_requests(admin, 5)
-        warm(broker.url, lines, concurrency=2)
-        reqs = ctx.requests_file("soak", lines)
-        t0 = time.monotonic()
-        thread, out = _wrk_in_thread(ctx, broker.url, reqs, duration)
-        interval = max(0.5, duration / 60)
-        while thread.is_alive():
-            samples.append({"t": round(time.monotonic() - t0, 1), **broker.stats()})
-            thread.join(interval)
-    res = out[0]
-    steady = [s for s in samples if s["t"] >= duration * 0.1] or samples
-    rss = [s["rss_kib"] for s in steady]
-    fds = [s["fds"] for s in steady]
-    growth = (rss[-1] - rss[0]) / rss[0] if rss and rss[0] else 0.0
-    return {
-        "scenario": "soak",
-        "description": f"{duration:g} s of mixed cached flows; broker RSS and open fds sampled every {interval:.1f} s "
-                       "(first 10% = warm-up, excluded from the flatness check).",
-        "table": [{"requests": res.requests, "req/s": round(res.rps, 1), "errors": res.failed,
-                   "RSS MiB first": round(rss[0] / 1024, 1), "RSS MiB last": round(rss[-1] / 1024, 1),
-                   "RSS MiB max": round(max(rss) / 1024, 1), "fds min-max": f"{min(fds)}-{max(fds)}"}],
-        "samples": samples, "wrk": res.as_dict(),
-        "goals": [goal("RSS flat (last vs first steady sample)", "< 5% growth", f"{growth * 100:.1f}%", growth < 0.05),
-                  goal("fds flat", "max - min <= 5", max(fds) - min(fds), max(fds) - min(fds) <= 5),
-                  goal("errors", "0", res.failed, res.failed == 0)],
-        "notes": [],
     }

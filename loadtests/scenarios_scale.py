@@ -7,6 +7,8 @@ and a memory breakdown per structure on demand.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from typing import Any
 
@@ -124,3 +126,169 @@ def _load() -> list[float]:
     import os
 
     return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- soak ------------------------------------------------------------------------------------------
+
+SOAK_IDENTITIES = 2_000
+SOAK_LIFETIME = 120  # seconds: every token (T1 and app) refreshed about ten times in ten minutes
+SOAK_CONNECTIONS = 16
+SOAK_DELAY_MS = 10.0  # per connection: about 1,600 requests/s in all, well under saturation
+
+
+def _paced_warm(url: str, paths: list[tuple[str, dict[str, str]]], seconds: float, budget: float) -> Any:
+    """Warm ``paths`` spread evenly over ``seconds`` (so their refreshes are spread the same way)."""
+    from loadtests.clients import WarmResult
+
+    total = WarmResult()
+    slices = max(1, min(len(paths), int(seconds)))
+    per = -(-len(paths) // slices)
+    t0 = time.monotonic()
+    for i in range(slices):
+        chunk = paths[i * per:(i + 1) * per]
+        if not chunk:
+            break
+        done = warm_paths(url, chunk, concurrency=8, max_seconds=max(1.0, budget - (time.monotonic() - t0)))
+        total.ok += done.ok
+        total.failed += done.failed
+        total.done_paths += done.done_paths
+        for status, count in done.statuses.items():
+            total.statuses[status] = total.statuses.get(status, 0) + count
+        lag = t0 + (i + 1) * seconds / slices - time.monotonic()
+        if lag > 0:
+            time.sleep(lag)
+    total.seconds = time.monotonic() - t0
+    return total
+
+
+def _minute(samples: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
+    rows = [s for s in samples if start <= s["at"] < end]
+    if not rows:
+        return {}
+    tasks = sorted(r["tasks"] for r in rows)
+    return {"samples": len(rows), "RSS MiB": round(sum(r["rss_kib"] for r in rows) / len(rows) / 1024, 1),
+            "fds max": max(r["fds"] for r in rows), "tasks median": tasks[len(tasks) // 2],
+            "tasks max": tasks[-1], "threads max": max(r["threads"] for r in rows),
+            "cache entries": rows[-1]["cache_entries"]}
+
+
+def _upstream_per_key(log: list[dict[str, Any]], agents: set[str]) -> dict[str, Any]:
+    """Per (identity, leg) of the soak's identities: requests and the gaps between them."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for e in log:
+        leg = e.get("leg")
+        who = e.get("fmi_path") if leg == "t1" else e.get("client_id")
+        if leg in ("t1", "app") and who in agents and e.get("status") == 200:
+            times.setdefault((who, leg), []).append(e["time"])
+    out: dict[str, Any] = {}
+    for leg in ("t1", "app"):
+        series = [sorted(v) for (_who, lg), v in times.items() if lg == leg]
+        gaps = [b - a for s in series for a, b in itertools.pairwise(s)]
+        counts = [len(s) for s in series]
+        out[leg] = {"identities": len(series), "requests": sum(counts),
+                    "per identity min-max": f"{min(counts, default=0)}-{max(counts, default=0)}",
+                    "gap s min": round(min(gaps), 1) if gaps else None,
+                    "gap s median": round(sorted(gaps)[len(gaps) // 2], 1) if gaps else None,
+                    "gap s max": round(max(gaps), 1) if gaps else None}
+    return out
+
+
+def soak(ctx: Ctx) -> dict[str, Any]:
+    """Mixed load for ``--soak-duration`` with every warm identity's tokens refreshed ahead many times
+    (short lifetimes in the emulator): RSS, fds, tasks and threads of the first vs the last minute,
+    errors, and the upstream requests per identity against the refresh schedule."""
+    from loadtests.scenarios_flows import mixed_requests
+
+    o = ctx.opts
+    duration = o.soak_duration or o.dur(600.0)
+    n = 20 if o.smoke else SOAK_IDENTITIES
+    lifetime = 30 if o.smoke else SOAK_LIFETIME
+    policy_margin = min(300.0, 0.5 * lifetime)  # Broker__Cache defaults: MinRemaining 300 s, RefreshFraction 0.5
+    period = lifetime - policy_margin  # a token must be replaced this often to stay fresh: the minimum
+    earliest = period - 0.1 * (lifetime - period)  # JitterFraction 0.1 only refreshes earlier
+    samples: list[dict[str, Any]] = []
+    log: list[dict[str, Any]] = []
+    with scenario(ctx):
+        emu = Emulator(ctx.workdir, n)
+        ctx.started.append(emu)
+        admin = emu.admin()
+        admin.settings(access_token_lifetime=[lifetime, lifetime], exchange_token_lifetime=lifetime)
+        env = scale_env(n) | {"PROBE_INTERVAL": "5"}
+        broker = ctx.broker(emu, env, probe_out=ctx.workdir / "probe.jsonl")
+        ids = procs.agent_ids(n)
+        paths = [(agent_path(a), {}) for a in ids]
+        w = _paced_warm(broker.url, paths, 2.0 if o.smoke else min(period, 60.0), o.warm_budget)
+        lines = paths + mixed_requests(admin, 5)
+        reqs = ctx.requests_file("soak", lines)
+        seq = admin.log()["last_seq"]
+        t0 = time.time()
+        out: list[Any] = []
+        thread = threading.Thread(target=lambda: out.append(ctx.wrk(
+            broker.url, reqs, duration, connections=SOAK_CONNECTIONS, delay_ms=SOAK_DELAY_MS)), daemon=True)
+        thread.start()
+        while thread.is_alive():  # the emulator's log is a ring: read it as the soak goes
+            thread.join(min(20.0, duration))
+            page = admin.log(seq)
+            log += page["requests"]
+            seq = page["last_seq"]
+        t_end = time.time()
+        time.sleep(1.0)
+        samples = broker.samples()
+        final = broker.stats()
+    res = out[0]
+    first, last = _minute(samples, t0, t0 + 60), _minute(samples, t_end - 60, t_end + 1)
+    window = [e for e in log if t0 <= e["time"] <= t_end]
+    single = {a.lower() for a in ids[2:]}  # the first two (the demo agents) also serve OBO, agent user, 2 APIs
+    per_key = _upstream_per_key(window, single)
+    refused: dict[str, int] = {}
+    for e in window:
+        if e.get("status") != 200 and e.get("endpoint") == "token":
+            what = f"{e.get('leg')} {e.get('status')} {e.get('error_code')}"
+            refused[what] = refused.get(what, 0) + 1
+    errors = res.failed
+    rss_growth = (last.get("RSS MiB", 0) - first.get("RSS MiB", 0)) / max(1e-9, first.get("RSS MiB", 1))
+    flat = {k: (first.get(k), last.get(k)) for k in ("fds max", "threads max", "tasks median")}
+    no_growth = all(a is not None and b is not None and b <= a for a, b in (flat["fds max"], flat["threads max"]))
+    no_growth = no_growth and (flat["tasks median"][1] or 0) <= (flat["tasks median"][0] or 0) + 5
+    app, t1 = per_key["app"], per_key["t1"]
+    spaced = app["gap s min"] is not None and app["gap s min"] >= earliest - 1.0
+    kept_fresh = app["gap s max"] is not None and app["gap s max"] <= period + 5.0
+    lifetimes = (t_end - t0) / lifetime
+    per_lifetime = {leg: round(v["requests"] / max(1, v["identities"]) / lifetimes, 2) for leg, v in per_key.items()}
+    mean_period = (period + earliest) / 2  # the refresh time is drawn in [earliest, period]
+    expected = round(lifetime / mean_period, 2)
+    return {
+        "scenario": "soak",
+        "description": f"{duration:g} s of mixed load ({SOAK_CONNECTIONS} connections, {SOAK_DELAY_MS:g} ms between "
+                       f"requests each: autonomous hits over {n} identities, agent OBO, agent user) with token "
+                       f"lifetimes of {lifetime} s in the emulator, so every used token is refreshed ahead about "
+                       f"{duration / period:.0f} times; probe samples every 5 s.",
+        "table": [{"minute": "first", **first}, {"minute": "last", **last}],
+        "extra_tables": {
+            "load": [{"requests": res.requests, "req/s": round(res.rps, 1), "errors": errors,
+                      "p50 µs": res.latency_us["p50"], "p99 µs": res.latency_us["p99"],
+                      "warmed": w.ok, "final RSS MiB": round(final["rss_kib"] / 1024, 1), "final fds": final["fds"]}],
+            "upstream requests per identity (the soak's single-key identities, during the load)": [
+                {"leg": leg, **v, "per identity per lifetime": per_lifetime[leg]} for leg, v in per_key.items()],
+        },
+        "goals": [
+            goal("errors", "0", errors, errors == 0),
+            goal("upstream calls refused or failed", "0", refused or 0, not refused),
+            goal("RSS flat (last vs first minute)", "< 5% growth", f"{rss_growth * 100:.1f}%", rss_growth < 0.05),
+            goal("fds, threads, tasks flat (first vs last minute)", "no growth", flat, no_growth),
+            goal("app token requests per identity per lifetime", f"{lifetime / period:g} (one per {period:g} s, "
+                 f"refresh at half-life); {expected} with the refresh jitter", per_lifetime["app"],
+                 spaced and kept_fresh and abs(per_lifetime["app"] - expected) <= 0.1 * expected),
+            goal("T1 requests per identity", "<= app token requests (a T1 serves the app refreshes while fresh)",
+                 f"{t1['requests']} T1 / {app['requests']} app", t1["requests"] <= app["requests"]),
+        ],
+        "notes": [f"gaps between two app-token requests of one identity: {app['gap s min']}-{app['gap s max']} s; "
+                  f"the policy refreshes a used token between {earliest:g} and {period:g} s after it was acquired "
+                  "(half its lifetime, jittered earlier by up to 10% of the rest), so a shorter gap would be a "
+                  "duplicate call and a longer one a lapse.",
+                  "the first two identities (the demo agents) also serve agent OBO, agent-user and a second API: "
+                  "they are left out of the per-identity counts (the emulator's log does not name the resource).",
+                  "fds include the 16 load connections; tasks include one per open connection and each refresh "
+                  "in flight (median per minute)."],
+        "samples": samples,
+    }

@@ -67,3 +67,21 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert stampede["stampede"]["ok"] == stampede["stampede"]["clients"]
     assert stampede["upstream_by_leg"], "the emulator log shows the upstream legs"
     assert by_scenario["outage"]["wrk"]["requests"] > 0
+
+
+def test_scale_scenarios_smoke(tmp_path: Path) -> None:
+    """The warm (identities, memory breakdown) and soak scenarios run and write their figures."""
+    _require_tools()
+    done = subprocess.run([sys.executable, "-m", "loadtests.bench", "--smoke", "--scenario", "warm", "--scenario", "soak",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {json.loads(p.read_text())["scenario"]: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(results) == {"warm", "soak"}
+    warm = results["warm"]
+    assert "error" not in warm, warm.get("error")
+    assert warm["table"][0]["identities"] == 20 and warm["table"][0]["upstream t1"] == 20
+    structures = {row["structure"]: row for row in warm["extra_tables"]["memory per structure (Python objects)"]}
+    assert structures["cache entries (KeyEntry, Failure)"]["objects"] >= 40  # the probe walked the real cache
+    soak = results["soak"]
+    assert "error" not in soak, soak.get("error")
+    assert soak["samples"] and {"tasks", "threads", "rss_kib", "fds"} <= set(soak["samples"][0])

@@ -34,6 +34,28 @@ from agent_token_broker.settings import ConfigError, load_settings
 from loadtests import memory
 
 
+class GcTimer:
+    """Time spent in the cyclic garbage collector, per generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        spent = time.perf_counter() - self._started
+        gen = info.get("generation", 2)
+        self.seconds[gen] += spent
+        self.longest[gen] = max(self.longest[gen], spent)
+
+
+GC = GcTimer()
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as fh:
         for line in fh:
@@ -54,6 +76,8 @@ def sample(broker: RunningBroker, t0: float) -> dict[str, Any]:
         "cache_entries": len(broker.runtime.cache),
         "gc_counts": list(gc.get_count()),
         "gc_collections": [g["collections"] for g in gc.get_stats()],
+        "gc_seconds": [round(x, 3) for x in GC.seconds],
+        "gc_longest_ms": [round(1000 * x, 1) for x in GC.longest],
     }
 
 

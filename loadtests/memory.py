@@ -167,7 +167,6 @@ def broker_categories(broker: Any) -> list[tuple[str, Roots]]:
         ("cache map (the dict itself)", lambda: [store()._entries]),
         ("request memo (gate decisions)", lambda: [_gate(broker)._memo]),
         ("parse memo", _lru("agent_token_broker.api.params", "_parse_memo")),
-        ("answer memo (rendered bodies)", _lru("agent_token_broker.api.routes", "_header_body")),
         ("tag-set memo", _lru("agent_token_broker.tokens", "_tag_set")),
         ("scope memo", _lru("agent_token_broker.cache.keys", "_normalised_scopes")),
         ("miss limiter (buckets, recent keys)", lambda: [_gate(broker).misses._agents, _gate(broker).misses._recent]),

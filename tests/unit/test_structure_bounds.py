@@ -5,7 +5,9 @@ runs without the network; the others are named in that table)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
+import queue
 from typing import Any
 
 import pytest
@@ -44,7 +46,7 @@ def test_every_memo_in_the_broker_is_bounded() -> None:
     """No ``functools.cache`` or ``lru_cache(maxsize=None)``: a memo keyed by what callers send
     (query strings, paths, tenants, scopes) would grow with them."""
     memos = _memos()
-    assert len(memos) >= 8, sorted(memos)  # the tag-set, scope, meta, parse and guard memos at least
+    assert len(memos) >= 6, sorted(memos)  # the tag-set, scope, meta, parse and guard memos at least
     unbounded = [name for name, memo in memos.items() if memo.cache_info().maxsize is None]
     assert unbounded == []
     too_big = [name for name, memo in memos.items() if memo.cache_info().maxsize > 8_192]
@@ -141,3 +143,23 @@ class _NoRedis:
 
     async def bump_epochs(self, *args: object) -> None:
         raise AssertionError("no record went back")
+
+
+def test_audit_hit_counts_hold_one_window_and_the_line_queue_is_bounded(tmp_path: Any) -> None:
+    """Hits are counted per key for one ``HitIntervalSeconds`` window, then written and forgotten; lines
+    wait for the writer thread in a bounded queue (a full queue drops and counts, never grows)."""
+    from agent_token_broker.audit.trail import AuditTrail, _BoundedQueueHandler
+    from agent_token_broker.settings.callers import AuditConfig
+
+    trail = AuditTrail(AuditConfig(file=str(tmp_path / "audit.log"), hits="off"))  # counted, not written
+    for i in range(20_000):
+        trail.hit(("agent", 1000 + i % 7, GUID.format(i, i), "graph", "agent_app"))
+    assert len(trail.hits) == 20_000
+    trail.flush()
+    assert trail.hits == {} and trail.totals == {("agent", "hit"): 20_000}
+    handler = _BoundedQueueHandler(queue.Queue(5))
+    for i in range(12):
+        handler.enqueue(logging.makeLogRecord({"msg": f"line {i}"}))
+    assert handler.queue.qsize() == 5 and handler.dropped == 7  # type: ignore[attr-defined]
+    if trail._listener is not None:
+        trail._listener.stop()

@@ -11,7 +11,6 @@ import time
 from agent_token_broker.api.gate import MEMO_MAX_BYTES
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
-from agent_token_broker.api.state import GATE
 from agent_token_broker.cache.token import CachedToken
 from agent_token_broker.entra.apps import AppRegistry
 from agent_token_broker.msal_http import UpstreamHttp
@@ -62,7 +61,8 @@ async def test_the_gate_decision_memo_stays_within_its_bytes(broker_factory: Bro
     """Distinct unauthenticated requests that are all cache hits: each decision is remembered, and
     the memo never holds more than ``MEMO_MAX_BYTES`` (estimated) however many there are."""
     async with broker_factory() as broker:
-        gate = broker.runners[0].app[GATE]
+        assert broker.api is not None
+        gate = broker.api.gate
         cache = broker.runtime.cache
         now = time.time()
         n = MEMO_MAX_BYTES // 600  # more decisions than fit (each is estimated at ~680 bytes)

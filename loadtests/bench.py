@@ -31,7 +31,7 @@ SCENARIOS: dict[str, Scenario] = {
     "spread": scenarios_hot.spread_keys,
     "mixed": scenarios_flows.mixed,
     "stampede": scenarios_flows.stampede,
-    "scale": scenarios_hot.scale,
+    "scale": scenarios_scale.scale,
     "outage": scenarios_flows.outage,
     "soak": scenarios_scale.soak,
     "callers": scenarios_callers.callers,

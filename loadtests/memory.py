@@ -175,6 +175,7 @@ def broker_categories(broker: Any) -> list[tuple[str, Roots]]:
         ("discovery cache", lambda: [_attr(rt.legs, "_http", "_discovery")]),
         ("signature memo and JWKS", lambda: [_attr(rt.validator, "_verified"), *_jwks(rt.validator)]),
         ("refusal log", lambda: [vars(_refusals(broker))]),
+        ("audit hit counts (the open window)", lambda: [rt.audit.hits]),
         ("connection guards", lambda: [vars(g) for g in broker.guards.values()]),
         ("metrics registry", lambda: [rt.metrics.registry]),
     ]

@@ -16,7 +16,7 @@ from loadtests import procs
 from loadtests.clients import warm as warm_paths
 from loadtests.context import Ctx, agent_path, scenario
 from loadtests.emuproc import Emulator, cpu_seconds
-from loadtests.report import goal
+from loadtests.report import goal, spread
 
 # Acquisitions a warm-up runs at once: requests in flight from the client, and the broker's MSAL
 # thread pool (Broker__Upstream__MaxConcurrency). Both processes share 2 cores with the emulator;
@@ -291,4 +291,72 @@ def soak(ctx: Ctx) -> dict[str, Any]:
                   "fds include the 16 load connections; tasks include one per open connection and each refresh "
                   "in flight (median per minute)."],
         "samples": samples,
+    }
+
+
+# -- hit latency at scale --------------------------------------------------------------------------
+
+
+def scale(ctx: Ctx) -> dict[str, Any]:
+    """Hit latency with N identities cached vs 1, measured in one run: two brokers with the same
+    settings, one warmed with N identities (wrk cycling through all of them), one with a single
+    identity; saturated (``--connections``) and one connection, interleaved rounds."""
+    o = ctx.opts
+    duration = o.dur(10.0)
+    n = max(o.identities)
+    with scenario(ctx):
+        emu = Emulator(ctx.workdir, n)
+        ctx.started.append(emu)
+        env = scale_env(n)
+        small, big = ctx.broker(emu, env), ctx.broker(emu, env)
+        ids = procs.agent_ids(n)
+        paths = [(agent_path(a), {}) for a in ids]
+        one = ctx.requests_file("scale-one", [paths[0]])
+        warm_paths(small.url, [paths[0]], concurrency=1, max_seconds=60)
+        w = warm_paths(big.url, paths, concurrency=WARM_CONCURRENCY, max_seconds=o.warm_budget)
+        many = ctx.requests_file("scale-many", [(p, {}) for p in w.done_paths])
+        stats = big.stats()
+        modes = {"saturated": o.connections, "1 connection": 1}
+        runs: dict[str, list[Any]] = {f"{who} {mode}": [] for mode in modes for who in ("1 identity", "N identities")}
+        for _ in range(o.rounds):
+            for mode, conns in modes.items():
+                runs[f"1 identity {mode}"].append(ctx.wrk(small.url, one, duration, connections=conns))
+                runs[f"N identities {mode}"].append(ctx.wrk(big.url, many, duration, connections=conns))
+        small_stats = small.stats()
+    ok = w.ok
+    rows, goals = [], []
+    for mode in modes:
+        a, b = runs[f"1 identity {mode}"], runs[f"N identities {mode}"]
+        ratio = {q: spread([y.latency_us[q] / x.latency_us[q] for x, y in zip(a, b, strict=True) if x.latency_us[q]])
+                 for q in ("p50", "p99")}
+        thr = spread([y.rps / x.rps for x, y in zip(a, b, strict=True) if x.rps])
+        for who, series in (("1 identity", a), (f"{ok} identities", b)):
+            rows.append({"mode": mode, "broker": who,
+                         "req/s median": spread([r.rps for r in series])["median"],
+                         "p50 µs": spread([r.latency_us["p50"] for r in series])["median"],
+                         "p99 µs": spread([r.latency_us["p99"] for r in series])["median"],
+                         "errors": sum(r.failed for r in series), "rounds": len(series)})
+        rows.append({"mode": mode, "broker": "ratio N / 1", "req/s median": thr["median"],
+                     "p50 µs": f"{ratio['p50']['median']:.3f}x [{ratio['p50']['min']:.2f}-{ratio['p50']['max']:.2f}]",
+                     "p99 µs": f"{ratio['p99']['median']:.3f}x [{ratio['p99']['min']:.2f}-{ratio['p99']['max']:.2f}]",
+                     "errors": "", "rounds": ""})
+        for q in ("p50", "p99"):
+            med = ratio[q]["median"]
+            goals.append(goal(f"{q} at {ok} identities vs 1, {mode}", "<= 1.1x (floor 1.2x)", f"{med:.3f}x",
+                              med <= 1.1))
+    notes = [f"both brokers have the same settings (cache room for {n} identities, BENCH_LIMITS); each identity is "
+             "one autonomous key (T1 + app token); wrk cycles through every warmed identity in order (the "
+             "1-identity broker repeats one request, so it also gets every per-connection memo's best case).",
+             f"ratios per round (back to back), median [min-max] over {o.rounds} rounds; wrk -t1, "
+             f"-c{o.connections} saturated, -c1 for one connection; latencies include wrk and the loopback.",
+             f"RSS: {stats['rss_kib'] / 1024:.0f} MiB with {ok} identities, {small_stats['rss_kib'] / 1024:.0f} MiB with 1; "
+             f"warm-up {w.seconds:.0f} s."]
+    if ok < n:
+        notes.append(f"warm budget ({o.warm_budget:g} s) ran out: {ok} of {n} identities warmed.")
+    return {
+        "scenario": "scale",
+        "description": f"Cache-hit latency with {ok} identities cached vs 1 (two brokers, same settings, "
+                       "interleaved rounds), saturated and over one connection.",
+        "table": rows, "goals": goals, "notes": notes,
+        "raw": {k: [r.as_dict() for r in v] for k, v in runs.items()},
     }

@@ -16,10 +16,11 @@ table of exact paths (``/Validate``) and of path prefixes before one ``/{api}`` 
 8. concurrency, per caller and in total (:class:`~agent_token_broker.api.limits.InFlight`);
 9. no such route (404) or method (405);
 10. the endpoint. A cache hit of ``/AuthorizationHeaderUnauthenticated/{api}`` is answered right
-    here, in the same function: the query parsed (memoised), then
-    :meth:`~agent_token_broker.api.gate.TokenGate.hit` (the gate's remembered decision, the
-    caller's own policy, the cache's fresh token, the hit counted for the audit trail), then the
-    token's pre-rendered answer. It awaits nothing, so nothing else runs while it is "in flight" and no
+    here, in the same function: the gate's decision remembered for this raw query string
+    (:meth:`~agent_token_broker.api.gate.TokenGate.target`: no parse, so a broker cycling through
+    100,000 identities answers as one holding a single one), else for the parsed query, then
+    :meth:`~agent_token_broker.api.gate.TokenGate.hit_decision` (the caller's own policy, the
+    cache's fresh token, the hit counted for the audit trail), then the token's pre-rendered answer. It awaits nothing, so nothing else runs while it is "in flight" and no
     deadline can expire: step 8 only checks, and no deadline is registered. Anything else (a
     miss, another route) enters the in-flight count and the request deadline
     (:class:`~agent_token_broker.api.deadlines.Deadlines`, 503 ``request-timeout``) and awaits the
@@ -57,7 +58,7 @@ from agent_token_broker.api.guards import (
 from agent_token_broker.api.limits import InFlight
 from agent_token_broker.api.middleware import http_error, unexpected_error
 from agent_token_broker.api.observe import CLIENT_CLOSED, REQUEST_ID_HEADER, access_line, request_id_for
-from agent_token_broker.api.params import Family, ParsedQuery, parse_query_string
+from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.problems import ProblemError, render, retry_after_header
 from agent_token_broker.api.protocol import Connection
 from agent_token_broker.api.refusals import RefusalLog
@@ -85,12 +86,11 @@ class _Bound:
 class _Seen:
     """What a connection's last request target gave (see :meth:`ApiFront.handle`)."""
 
-    __slots__ = ("api", "bound", "method", "path", "query", "raw_query", "target")
+    __slots__ = ("api", "bound", "method", "path", "raw_query", "target")
 
     def __init__(self, target: str, method: str, path: str, raw_query: str, bound: _Bound, api: str | None) -> None:
         self.target, self.method, self.path, self.raw_query = target, method, path, raw_query
         self.bound, self.api = bound, api
-        self.query: ParsedQuery | None = None  # the parsed query, once a hit parsed it
 
 
 class ApiFront:
@@ -208,14 +208,17 @@ class ApiFront:
                 # -- the cache hit (step 10, answered here) -----------------------------------
                 if endpoint.hit is not None and api is not None:
                     context = conn.caller_context or caller_context(request)
-                    query = seen.query if seen is not None else None
-                    if query is None:
-                        if "#" in raw_query:  # a fragment (clients send none): the query precedes it
-                            raw_query = request.rel_url.raw_query_string
-                        query = parse_query_string(raw_query, Family.HEADER)
-                        if seen is not None:
-                            seen.query = query
-                    token = self.services.gate.hit(endpoint.hit, api, query, context)
+                    gate = self.services.gate
+                    if "#" in raw_query:  # a fragment (clients send none): the query precedes it
+                        raw_query = request.rel_url.raw_query_string
+                    # The remembered decision: the target's (no parse), or the parsed query's (then
+                    # remembered for the target too). Both are the gate's: a reload drops them.
+                    decision = gate.target(endpoint.hit, api, raw_query)
+                    if decision is None:
+                        decision = gate.remembered(endpoint.hit, api, parse_query_string(raw_query, Family.HEADER))
+                        if decision is not None:
+                            gate.remember_target(endpoint.hit, api, raw_query, decision)
+                    token = gate.hit_decision(decision, endpoint.hit, api, context) if decision is not None else None
                     if token is not None:
                         response: web.StreamResponse = web.Response(body=token.answer, headers=JSON_HEADERS)
                         response.headers[REQUEST_ID_HEADER] = request_id

@@ -60,6 +60,12 @@ _ENTRY_OVERHEAD = 640  # measured: a ParsedQuery + TokenRequest + key + dict slo
 _ASSERTION_OVERHEAD = 120  # the bearer's str header and the key's SHA-256 hex
 # (route, API name lower-cased, parsed query, bearer token on the authenticated routes else None)
 MemoKey = tuple[Route, str | None, ParsedQuery, str | None]
+# Remembered targets (the raw query string of a route answered in place on a hit, per route and
+# API name as sent -> its decision): one per cache entry at most, and about this many bytes each
+# on average (a longer query string counts for more); then they start afresh.
+TARGET_MAX_QUERY = 512
+TARGET_BYTES_PER_ENTRY = 320
+_TARGET_OVERHEAD = 160  # measured: the string's header, the dict slot, a share of the Decision
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,6 +261,10 @@ class TokenGate:
         self.misses = MissLimiter(runtime.settings.security.limits, clock=clock)
         self._memo: dict[MemoKey, Decision] = {}
         self._memo_bytes = 0
+        self._targets: dict[Route, dict[str | None, dict[str, Decision]]] = {}
+        self._target_count = 0
+        self._target_bytes = 0
+        self._target_limit = runtime.settings.cache.max_entries  # MaxEntries is restart-only
         self._table = caller_policy.compile_table(runtime.settings)
         runtime.on_settings_change(self._settings_changed)
 
@@ -266,12 +276,51 @@ class TokenGate:
         self._settings = new
         self._memo.clear()
         self._memo_bytes = 0
+        self._forget_targets()
         self.misses.configure(new.security.limits)
         self._table = caller_policy.compile_table(new)
 
     @property
     def memo_bytes(self) -> int:
         return self._memo_bytes
+
+    @property
+    def targets(self) -> tuple[int, int]:
+        """Remembered targets: (count, estimated bytes); at most ``Broker__Cache__MaxEntries``
+        and ``MaxEntries * TARGET_BYTES_PER_ENTRY``."""
+        return self._target_count, self._target_bytes
+
+    # -- remembered targets: the hot path of a big broker ------------------------------------------
+    def target(self, route: Route, api: str | None, raw_query: str) -> Decision | None:
+        """The decision remembered for this exact raw query string of ``route`` and ``api`` (no
+        parse: a broker answering many identities meets each query string again only after the
+        others, so a parse memo the size of a few thousand misses every time)."""
+        by_api = self._targets.get(route)
+        queries = by_api.get(api) if by_api is not None else None
+        return queries.get(raw_query) if queries is not None else None
+
+    def remember_target(self, route: Route, api: str | None, raw_query: str, decision: Decision) -> None:
+        """Remember ``decision`` for the raw query string it was parsed from (a plain one only)."""
+        if len(raw_query) > TARGET_MAX_QUERY or not decision.plain:
+            return
+        size = len(raw_query) + _TARGET_OVERHEAD
+        limit = self._target_limit
+        if self._target_count >= limit or self._target_bytes + size > limit * TARGET_BYTES_PER_ENTRY:
+            self._forget_targets()  # bounded; hot targets come back on their next call
+        queries = self._targets.setdefault(route, {}).setdefault(api, {})
+        if raw_query not in queries:
+            queries[raw_query] = decision
+            self._target_count += 1
+            self._target_bytes += size
+
+    def _forget_targets(self) -> None:
+        self._targets.clear()
+        self._target_count = 0
+        self._target_bytes = 0
+
+    def remembered(self, route: Route, api: str | None, query: ParsedQuery) -> Decision | None:
+        """The decision remembered for ``query`` on a route without a bearer token (the canonical memo)."""
+        return self._memo.get((route, api.lower() if api is not None else None, query, None))
 
     @property
     def callers(self) -> CallerTable:
@@ -302,20 +351,22 @@ class TokenGate:
         bearer: str | None = None,
         challenge: Challenge | None = None,
         caller: CallerContext | None = None,
+        raw_query: str | None = None,
     ) -> CachedToken:
         """The token ``route`` may give for ``query``: policy, caller policy, then cache or limiter +
-        acquisition; the decision is audited."""
+        acquisition; the decision is audited. ``raw_query``: the query string ``query`` was parsed
+        from, remembered with the decision (:meth:`target`) on a route without a bearer token."""
         if challenge is None and not route.authenticated:
             token = self.hit(route, api, query, caller)
             if token is not None:
                 return token
         audit = self._audit
         if audit is None:
-            return await self._token(route, api, query, bearer, challenge, caller, Note())
+            return await self._token(route, api, query, bearer, challenge, caller, Note(), raw_query)
         note = Note()
         started = time.perf_counter()
         try:
-            token = await self._token(route, api, query, bearer, challenge, caller, note)
+            token = await self._token(route, api, query, bearer, challenge, caller, note, raw_query)
         except ProblemError as err:
             ext = err.extensions
             outcome = Outcome(err.status, err.slug, ext.get("errorCode"), ext.get("correlationId"))
@@ -344,7 +395,15 @@ class TokenGate:
         The API front answers cache hits with it. None: take the full path (it decides, refuses
         and audits a refusal, writes a line per hit when asked to, or admits the miss and acquires)."""
         decision = self._memo.get((route, api.lower() if api is not None else None, query, None))
-        if decision is None or not decision.plain:
+        if decision is None:
+            return None
+        return self.hit_decision(decision, route, api, caller)
+
+    def hit_decision(
+        self, decision: Decision, route: Route, api: str | None, caller: CallerContext | None
+    ) -> CachedToken | None:
+        """:meth:`hit` for a remembered ``decision`` (found by :meth:`remembered` or :meth:`target`)."""
+        if not decision.plain:
             return None
         audit = self._audit
         if audit is not None and audit.every_hit:
@@ -412,6 +471,7 @@ class TokenGate:
         challenge: Challenge | None,
         caller: CallerContext | None,
         note: Note,
+        raw_query: str | None = None,
     ) -> CachedToken:
         checked = False
         if caller is not None:
@@ -442,6 +502,8 @@ class TokenGate:
         token = await self.obtain(decision, challenge, note)
         if remembered is None:
             self._remember(memo_key, decision)
+        if raw_query is not None and bearer is None and challenge is None:
+            self.remember_target(route, api, raw_query, decision)
         return token
 
     def _remember(self, memo_key: MemoKey, decision: Decision) -> None:

@@ -62,8 +62,9 @@ def endpoints(api: ApiServices) -> list[Endpoint]:
         request: web.BaseRequest, name: str | None
     ) -> web.StreamResponse:
         """App or agent-user tokens, no inbound token."""
-        query = parse_query_string(request.rel_url.raw_query_string, Family.HEADER)
-        token = await gate.token(Route.HEADER_UNAUTH, name, query, caller=caller_context(request))
+        raw = request.rel_url.raw_query_string
+        query = parse_query_string(raw, Family.HEADER)
+        token = await gate.token(Route.HEADER_UNAUTH, name, query, caller=caller_context(request), raw_query=raw)
         return token_response(token)
 
     async def validate(request: web.BaseRequest, _name: str | None) -> web.StreamResponse:

@@ -5,6 +5,7 @@ is decided again when it must, and Expect: 100-continue comes only after the gua
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import aiohttp
@@ -130,3 +131,31 @@ async def test_expect_100_continue_comes_after_the_guards(
         writer.close()
     status, _, _ = await get(http, broker, TOKEN_PATH)
     assert status == 200
+
+
+async def test_a_remembered_target_answers_hits_without_a_parse_until_a_reload(
+    broker: RunningBroker, admin: EmulatorAdmin
+) -> None:
+    """The decision is remembered for the exact raw query string (a broker cycling through many
+    identities meets each again only after the others: the parse memo's few thousand entries miss),
+    for every spelling that reached it, and forgotten with the others on a reload."""
+    from agent_token_broker.api import params
+
+    assert broker.api is not None
+    gate = broker.api.gate
+    other = f"AgentIdentity={A1.upper()}"  # another spelling, the same decision
+    [(status, _, body)] = await _exchange(broker, [_get(TOKEN_PATH)])  # decided by the handler: remembered
+    assert status == 200 and gate.targets[0] == 1
+    decision = gate.target(Route.HEADER_UNAUTH, "graph", QUERY)
+    assert decision is not None
+    parses = params._parse_memo.cache_info()
+    answers = await _exchange(broker, [_get(TOKEN_PATH)] * 3)
+    assert [a[2] for a in answers] == [body] * 3
+    after = params._parse_memo.cache_info()
+    assert (after.hits, after.misses) == (parses.hits, parses.misses)  # no parse for a remembered target
+    [(status, _, again)] = await _exchange(broker, [_get(f"/AuthorizationHeaderUnauthenticated/graph?{other}")])
+    assert status == 200 and again == body and gate.targets[0] == 2
+    assert gate.target(Route.HEADER_UNAUTH, "graph", other) is decision
+    report = broker.runtime.apply_settings(dataclasses.replace(broker.runtime.settings, log_level="Error"))
+    assert report.applied  # a live change: the decisions made under the old settings go
+    assert gate.targets == (0, 0) and gate.target(Route.HEADER_UNAUTH, "graph", QUERY) is None

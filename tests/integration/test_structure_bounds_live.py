@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import time
 
-from agent_token_broker.api.gate import MEMO_MAX_BYTES
+from agent_token_broker.api.gate import MEMO_MAX_BYTES, TARGET_BYTES_PER_ENTRY
 from agent_token_broker.api.params import Family, parse_query_string
 from agent_token_broker.api.policy import Route
 from agent_token_broker.cache.token import CachedToken
@@ -98,3 +98,23 @@ async def test_connection_guard_tables_hold_open_connections_only(broker_factory
         async with asyncio.timeout(10):
             while any(g.open or g._per_peer or g._by_transport for g in broker.guards.values()):
                 await asyncio.sleep(0.02)
+
+
+async def test_remembered_targets_are_bounded_by_the_cache_size(broker_factory: BrokerFactory) -> None:
+    """The gate remembers at most one raw query string per cache entry (Broker__Cache__MaxEntries),
+    and at most that many times TARGET_BYTES_PER_ENTRY bytes of them; then it starts afresh."""
+    async with broker_factory(Broker__Cache__MaxEntries="200") as broker:
+        assert broker.api is not None
+        gate = broker.api.gate
+        most = 0
+        for i in range(1_000):
+            raw = f"AgentIdentity={GUID.format(i, i)}"
+            decision = gate.decision(Route.HEADER_UNAUTH, "graph", parse_query_string(raw, Family.HEADER))
+            gate.remember_target(Route.HEADER_UNAUTH, "graph", raw, decision)
+            count, size = gate.targets
+            assert count <= 200 and size <= 200 * TARGET_BYTES_PER_ENTRY
+            most = max(most, count)
+        assert most == 200
+        long_raw = "AgentIdentity=" + GUID.format(0, 0) + "&" + "x" * 600  # too long to remember
+        gate.remember_target(Route.HEADER_UNAUTH, "graph", long_raw, decision)
+        assert gate.target(Route.HEADER_UNAUTH, "graph", long_raw) is None

@@ -21,7 +21,7 @@ import logging.handlers
 import queue
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agent_token_broker.audit.record import HitKey, hits_record
@@ -29,6 +29,7 @@ from agent_token_broker.settings.callers import AuditConfig
 
 LOGGER_NAME = "agent_token_broker.audit"
 QUEUE_LINES = 10_000
+FLUSH_BATCH = 256  # hit lines written per event-loop iteration when a window closes
 OUTCOMES = ("hit", "issued", "refused", "error")
 
 
@@ -116,17 +117,35 @@ class AuditTrail:
 
     def flush(self) -> int:
         """Close the hit window: one ``hits`` line per key (``aggregate``); returns the lines written."""
+        return sum(self._write_hits(batch, since, until) for batch, since, until in self._close_window())
+
+    def _close_window(self) -> Iterator[tuple[list[tuple[HitKey, int]], float, float]]:
+        """The closed window's hits in batches of :data:`FLUSH_BATCH` keys (with its bounds)."""
         hits, self.hits = self.hits, {}
         since, until = self.window_start, self.clock()
         self.window_start = until
+        items = list(hits.items())
+        for start in range(0, len(items), FLUSH_BATCH):
+            yield items[start : start + FLUSH_BATCH], since, until
+
+    def _write_hits(self, batch: list[tuple[HitKey, int]], since: float, until: float) -> int:
         written = 0
         aggregate = self.config.hits == "aggregate"
-        for key, count in hits.items():
+        for key, count in batch:
             total = (key[0], "hit")
             self.totals[total] = self.totals.get(total, 0) + count
             if aggregate:
                 self.write(hits_record(key, count, since=since, until=until))
                 written += 1
+        return written
+
+    async def flush_async(self) -> int:
+        """:meth:`flush` a batch per event-loop iteration: a window of 100,000 keys is seconds of JSON,
+        which must not stall the requests in between."""
+        written = 0
+        for batch, since, until in self._close_window():
+            written += self._write_hits(batch, since, until)
+            await asyncio.sleep(0)
         return written
 
     # -- lifetime ----------------------------------------------------------------------------------
@@ -138,7 +157,7 @@ class AuditTrail:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.config.hit_interval_seconds)
-            self.flush()
+            await self.flush_async()
 
     async def close(self) -> None:
         """Write the last hit window and every queued line; stop the writer thread."""

@@ -156,6 +156,10 @@ async def test_a_remembered_target_answers_hits_without_a_parse_until_a_reload(
     [(status, _, again)] = await _exchange(broker, [_get(f"/AuthorizationHeaderUnauthenticated/graph?{other}")])
     assert status == 200 and again == body and gate.targets[0] == 2
     assert gate.target(Route.HEADER_UNAUTH, "graph", other) is decision
-    report = broker.runtime.apply_settings(dataclasses.replace(broker.runtime.settings, log_level="Error"))
-    assert report.applied  # a live change: the decisions made under the old settings go
+    # a live change (one with no process-wide effect: the log level would outlive this broker)
+    settings = broker.runtime.settings
+    report = broker.runtime.apply_settings(
+        dataclasses.replace(settings, config_watch_seconds=settings.config_watch_seconds + 1)
+    )
+    assert report.applied == ("Broker__ConfigWatchSeconds",)  # the decisions made under the old settings go
     assert gate.targets == (0, 0) and gate.target(Route.HEADER_UNAUTH, "graph", QUERY) is None

@@ -490,16 +490,24 @@ class TokenGate:
             note.obo_user = oid if isinstance(oid, str) else None
         else:
             bearer = None
+        # The settings the decision is made under: a reload while the token is acquired (an await)
+        # must not find it remembered under the new ones (it would answer later hits undecided).
+        settings = self._settings
         memo_key: MemoKey = (route, api.lower() if api is not None else None, query, bearer)
         remembered = self._memo.get(memo_key)
         decision = remembered if remembered is not None else self.decision(route, api, query, user_assertion=bearer)
         note.decision = decision
         if caller is not None:
+            if self._table is not caller.table:  # a reload while the bearer token was validated
+                self.caller_rule(caller)
+                checked = self._table.active
             if checked:
                 caller_policy.check(self._table, caller.rule, caller.identity, api, decision.request)
             caller.allowed = decision  # the hot path may skip the checks for it on this connection
             caller.hit_key = hit_key(caller.label, caller.identity, decision.request, api)
         token = await self.obtain(decision, challenge, note)
+        if self._settings is not settings:
+            return token  # decided under settings no longer in force: remembered under none
         if remembered is None:
             self._remember(memo_key, decision)
         if raw_query is not None and bearer is None and challenge is None:

@@ -6,6 +6,7 @@ The real-signal test (a ``serve`` process, SIGHUP, the config-file watch) is tes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -17,7 +18,7 @@ from agent_token_broker.settings import CaseInsensitiveMapping
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin, EmulatorServer
 from tests.integration.conftest import BrokerFactory, make_settings
-from tests.integration.helpers import get
+from tests.integration.helpers import get, wait_for_metric
 
 A1, A2 = demo.AGENT_1_ID, demo.AGENT_2_ID
 UNAUTH = "/AuthorizationHeaderUnauthenticated"
@@ -54,6 +55,63 @@ async def test_a_narrowed_allow_list_refuses_a_remembered_request_and_keeps_the_
         assert await _token(http, broker, one) == first  # the same cached token
         assert admin.token_requests(seq) == []  # and no upstream call for it
         assert runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1)).result == UNCHANGED
+
+
+async def test_a_decision_in_flight_across_a_reload_is_not_remembered_under_the_new_settings(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    """A miss decided under the old allow-list, still acquiring when a reload narrows it, gets its
+    token (it was allowed when decided), but its decision is not remembered for the new settings:
+    the next request for that agent is decided again, refused, and no hit serves it (neither the
+    front's remembered target nor the gate's memo)."""
+    async with broker_factory(**BOTH) as broker:
+        two = f"{UNAUTH}/graph?AgentIdentity={A2}"
+        assert broker.api is not None
+        gate = broker.api.gate
+        admin.fault(target="token", mode="latency", latency_ms=1500)
+        try:
+            in_flight = asyncio.ensure_future(get(http, broker, two))
+            await wait_for_metric(http, broker, "upstream_in_flight", lambda n: n >= 1)
+            report = broker.runtime.apply_settings(make_settings(emulator, Broker__AllowedAgentIdentities__0=A1))
+            assert report.applied == ("Broker__AllowedAgentIdentities",)
+            status, body, _ = await in_flight
+            assert status == 200, body  # decided under the old allow-list
+        finally:
+            admin.clear_faults()
+        for _ in range(2):  # on a new connection and on a kept-alive one
+            status, body, _ = await get(http, broker, two)
+            assert status == 403 and body["type"].endswith("agent-not-allowed"), body
+            assert "authorizationHeader" not in body
+        assert gate.memo_bytes == 0 and gate.targets == (0, 0)  # nothing remembered under the new settings
+
+
+async def test_a_caller_table_reloaded_while_a_bearer_token_is_validated_applies_to_that_request(
+    broker_factory: BrokerFactory, emulator: EmulatorServer, http: aiohttp.ClientSession, admin: EmulatorAdmin
+) -> None:
+    """A reload that turns on Broker__Callers while an authenticated request awaits its bearer
+    token's validation (here: the signing keys of a rotated key, fetched slowly) is the policy that
+    request is decided under: refused, not given a token under the table it started with."""
+    async with broker_factory() as broker:
+        assert broker.api is not None
+        admin.rotate_keys()
+        user_token = admin.user_token(demo.DEMO_USER_UPN)  # signed with a key the broker has not fetched
+        admin.fault(target="discovery", mode="latency", latency_ms=1500)
+        try:
+            request = asyncio.ensure_future(
+                get(http, broker, f"/AuthorizationHeader/graph?AgentIdentity={A1}", token=user_token)
+            )
+            async with asyncio.timeout(10):
+                while broker.api.in_flight.callers == 0:  # in the handler: awaiting the keys
+                    await asyncio.sleep(0.01)
+            report = broker.runtime.apply_settings(make_settings(
+                emulator, Broker__Callers__other__Uid="10030", Broker__Callers__RequireMatch="true"
+            ))  # fmt: skip
+            assert "Broker__Callers__RequireMatch" in " ".join(report.applied), report
+            status, body, _ = await request
+        finally:
+            admin.clear_faults()
+        assert status == 403 and body["type"].endswith("caller-not-allowed"), body
+        assert "authorizationHeader" not in body
 
 
 async def test_changed_scopes_of_an_api_apply_to_remembered_requests(

@@ -15,6 +15,7 @@ from agent_token_broker.api.policy import Route
 from agent_token_broker.server import RunningBroker
 from entra_emulator import demo
 from entra_emulator.runner import EmulatorAdmin
+from tests.integration.conftest import BrokerFactory
 from tests.integration.helpers import get
 from tests.integration.security_helpers import host_port
 
@@ -163,3 +164,25 @@ async def test_a_remembered_target_answers_hits_without_a_parse_until_a_reload(
     )
     assert report.applied == ("Broker__ConfigWatchSeconds",)  # the decisions made under the old settings go
     assert gate.targets == (0, 0) and gate.target(Route.HEADER_UNAUTH, "graph", QUERY) is None
+
+
+async def test_a_fragment_never_decides_which_query_a_hit_answers(
+    broker_factory: BrokerFactory, admin: EmulatorAdmin
+) -> None:
+    """The query ends at '#': what follows (a second AgentIdentity) is no part of the request on
+    the first call (the handler) nor on the hits (the front's remembered target), and only the
+    query before it is remembered."""
+    a2 = demo.AGENT_2_ID
+    async with broker_factory(Broker__AllowedAgentIdentities__0=A1) as broker:
+        assert broker.api is not None
+        gate = broker.api.gate
+        allowed = _get(f"{TOKEN_PATH}#&AgentIdentity={a2}")
+        refused = _get(f"/AuthorizationHeaderUnauthenticated/graph?AgentIdentity={a2}#&{QUERY}")
+        answers = await _exchange(broker, [allowed, refused] * 3)
+        tokens = {body for status, _, body in answers[0::2] if status == 200}
+        assert len(tokens) == 1 and len(answers[0::2]) == 3, answers
+        decision = gate.target(Route.HEADER_UNAUTH, "graph", QUERY)
+        assert decision is not None and decision.request.agent == A1
+        for status, _, body in answers[1::2]:
+            assert status == 403 and json.loads(body)["type"].endswith("agent-not-allowed")
+        assert gate.targets[0] == 1  # the fragment-free query alone

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+
+from cachetools import LRUCache, TTLCache
 
 from agent_token_broker.api.problems import ProblemError, retry_after_header
 from agent_token_broker.settings.security import LimitsConfig
@@ -74,8 +75,10 @@ class MissLimiter:
         self._global = TokenBucket(limits.cache_misses_per_second, limits.cache_miss_burst, clock)
         self._rate = limits.cache_misses_per_second_per_agent
         self._burst = limits.cache_miss_burst_per_agent
-        self._agents: OrderedDict[str, TokenBucket] = OrderedDict()
-        self._recent: OrderedDict[Hashable, float] = OrderedDict()
+        # Least recently used agent forgotten beyond the bound: it starts again with a full bucket,
+        # but the global bucket still bounds the total.
+        self._agents: LRUCache[str, TokenBucket] = LRUCache(MAX_AGENT_BUCKETS)
+        self._recent: TTLCache[Hashable, bool] = TTLCache(MAX_RECENT_KEYS, RECENT_KEY_SECONDS, timer=clock)
 
     def configure(self, limits: LimitsConfig) -> None:
         """New rates and bursts (a reload); each bucket keeps what it holds, up to its new burst."""
@@ -91,16 +94,9 @@ class MissLimiter:
         return {"agent_buckets": len(self._agents), "recent_keys": len(self._recent)}
 
     def _agent_bucket(self, key: str) -> TokenBucket:
-        bucket = self._agents.get(key)
-        if bucket is not None:
-            self._agents.move_to_end(key)
-            return bucket
-        if len(self._agents) >= MAX_AGENT_BUCKETS:
-            # Forget the least recently used bucket; a forgotten agent starts with a full
-            # bucket, but the global bucket still bounds the total.
-            self._agents.popitem(last=False)
-        bucket = TokenBucket(self._rate, self._burst, self._clock)
-        self._agents[key] = bucket
+        bucket = self._agents.get(key)  # marks it recently used
+        if bucket is None:
+            bucket = self._agents[key] = TokenBucket(self._rate, self._burst, self._clock)
         return bucket
 
     def admit(self, agent_key: str, cache_key: Hashable | None = None) -> None:
@@ -108,17 +104,11 @@ class MissLimiter:
 
         A ``cache_key`` admitted in the last ``RECENT_KEY_SECONDS`` is admitted for free.
         """
-        now = self._clock()
-        if cache_key is not None:
-            until = self._recent.get(cache_key)
-            if until is not None and until > now:
-                return
+        if cache_key is not None and cache_key in self._recent:
+            return
         self._charge(agent_key)
         if cache_key is not None:
-            self._recent[cache_key] = now + RECENT_KEY_SECONDS
-            self._recent.move_to_end(cache_key)
-            while len(self._recent) > MAX_RECENT_KEYS:
-                self._recent.popitem(last=False)
+            self._recent[cache_key] = True
 
     def _charge(self, agent_key: str) -> None:
         agent = self._agent_bucket(agent_key)

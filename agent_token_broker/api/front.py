@@ -43,7 +43,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from agent_token_broker.api import downstream, msi, routes
 from agent_token_broker.api.caller_context import caller_context
 from agent_token_broker.api.deadlines import Deadlines
-from agent_token_broker.api.gate import TokenGate
+from agent_token_broker.api.gate import Decision, TokenGate
 from agent_token_broker.api.guards import (
     EXEMPT_PATHS,
     OWN_SECRET_PATHS,
@@ -86,11 +86,15 @@ class _Bound:
 class _Seen:
     """What a connection's last request target gave (see :meth:`ApiFront.handle`)."""
 
-    __slots__ = ("api", "bound", "method", "path", "raw_query", "target")
+    __slots__ = ("api", "bound", "decision", "epoch", "method", "path", "raw_query", "target")
 
     def __init__(self, target: str, method: str, path: str, raw_query: str, bound: _Bound, api: str | None) -> None:
         self.target, self.method, self.path, self.raw_query = target, method, path, raw_query
         self.bound, self.api = bound, api
+        # The gate's decision for this target, valid while the gate's ``epoch`` is the same object
+        # (a reload replaces it): a connection repeating its request looks nothing up.
+        self.decision: Decision | None = None
+        self.epoch: object = None
 
 
 class ApiFront:
@@ -209,15 +213,21 @@ class ApiFront:
                 if endpoint.hit is not None and api is not None:
                     context = conn.caller_context or caller_context(request)
                     gate = self.services.gate
-                    if "#" in raw_query:  # a fragment (clients send none): the query precedes it
-                        raw_query = request.rel_url.raw_query_string
-                    # The remembered decision: the target's (no parse), or the parsed query's (then
-                    # remembered for the target too). Both are the gate's: a reload drops them.
-                    decision = gate.target(endpoint.hit, api, raw_query)
-                    if decision is None:
-                        decision = gate.remembered(endpoint.hit, api, parse_query_string(raw_query, Family.HEADER))
-                        if decision is not None:
-                            gate.remember_target(endpoint.hit, api, raw_query, decision)
+                    decision: Decision | None
+                    if seen is not None and seen.epoch is gate.epoch:
+                        decision = seen.decision  # this connection's last target, same policy
+                    else:
+                        if "#" in raw_query:  # a fragment (clients send none): the query precedes it
+                            raw_query = request.rel_url.raw_query_string
+                        # The remembered decision: the target's (no parse), or the parsed query's
+                        # (then remembered for the target too). Both are the gate's: a reload drops them.
+                        decision = gate.target(endpoint.hit, api, raw_query)
+                        if decision is None:
+                            decision = gate.remembered(endpoint.hit, api, parse_query_string(raw_query, Family.HEADER))
+                            if decision is not None:
+                                gate.remember_target(endpoint.hit, api, raw_query, decision)
+                        if seen is not None and decision is not None and decision.plain:
+                            seen.decision, seen.epoch = decision, gate.epoch
                     token = gate.hit_decision(decision, endpoint.hit, api, context) if decision is not None else None
                     if token is not None:
                         response: web.StreamResponse = web.Response(body=token.answer, headers=JSON_HEADERS)

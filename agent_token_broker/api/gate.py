@@ -266,6 +266,8 @@ class TokenGate:
         self._target_bytes = 0
         self._target_limit = runtime.settings.cache.max_entries  # MaxEntries is restart-only
         self._table = caller_policy.compile_table(runtime.settings)
+        # Replaced by every reload: a decision a connection remembered under another epoch is stale.
+        self.epoch: object = object()
         runtime.on_settings_change(self._settings_changed)
 
     def _settings_changed(self, _old: Settings, new: Settings) -> None:
@@ -274,6 +276,7 @@ class TokenGate:
         changed), so they go; the limiter takes the new rates and keeps its buckets; the caller
         table is compiled anew (connections match their caller against it again)."""
         self._settings = new
+        self.epoch = object()  # what connections remembered of the old policy is stale now
         self._memo.clear()
         self._memo_bytes = 0
         self._forget_targets()

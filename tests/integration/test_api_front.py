@@ -186,3 +186,36 @@ async def test_a_fragment_never_decides_which_query_a_hit_answers(
         for status, _, body in answers[1::2]:
             assert status == 403 and json.loads(body)["type"].endswith("agent-not-allowed")
         assert gate.targets[0] == 1  # the fragment-free query alone
+
+
+async def test_a_connection_repeating_its_request_is_refused_on_it_once_a_reload_narrows_the_policy(
+    broker: RunningBroker, admin: EmulatorAdmin
+) -> None:
+    """A kept-alive connection remembers the decision of the target it repeats; a reload makes that
+    stale, so the next identical request on the same connection is decided under the new policy."""
+    assert broker.api is not None
+    gate = broker.api.gate
+    host, port = host_port(broker)
+    request = _get(TOKEN_PATH)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, bytes]:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        return int(head.split(b" ", 2)[1]), await reader.readexactly(length)
+
+    async with asyncio.timeout(20):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            first = [await answer(reader, writer) for _ in range(3)]  # miss, then hits from the connection's memo
+            assert [status for status, _ in first] == [200, 200, 200] and first[1][1] == first[2][1] == first[0][1]
+            epoch = gate.epoch
+            settings = broker.runtime.settings
+            security = dataclasses.replace(settings.security, allowed_agent_identities=(demo.AGENT_2_ID,))
+            report = broker.runtime.apply_settings(dataclasses.replace(settings, security=security))
+            assert report.applied == ("Broker__AllowedAgentIdentities",) and gate.epoch is not epoch
+            status, body = await answer(reader, writer)  # the same bytes on the same connection
+            assert status == 403 and json.loads(body)["type"].endswith("agent-not-allowed"), body
+        finally:
+            writer.close()

@@ -16,7 +16,9 @@ table of exact paths (``/Validate``) and of path prefixes before one ``/{api}`` 
 8. concurrency, per caller and in total (:class:`~agent_token_broker.api.limits.InFlight`);
 9. no such route (404) or method (405);
 10. the endpoint. A cache hit of ``/AuthorizationHeaderUnauthenticated/{api}`` is answered right
-    here, in the same function: the gate's decision remembered for this raw query string
+    here, in the same function: the gate's decision this connection remembered for its last
+    target (a connection repeating its request, under the same policy epoch), else the one
+    remembered for this raw query string
     (:meth:`~agent_token_broker.api.gate.TokenGate.target`: no parse, so a broker cycling through
     100,000 identities answers as one holding a single one), else for the parsed query, then
     :meth:`~agent_token_broker.api.gate.TokenGate.hit_decision` (the caller's own policy, the

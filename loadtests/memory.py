@@ -166,6 +166,7 @@ def broker_categories(broker: Any) -> list[tuple[str, Roots]]:
         ("cache entries (KeyEntry, Failure)", lambda: [e for e in _entries(broker)]),
         ("cache map (the dict itself)", lambda: [store()._entries]),
         ("request memo (gate decisions)", lambda: [_gate(broker)._memo]),
+        ("remembered targets (gate, per raw query)", lambda: [_gate(broker)._targets]),
         ("parse memo", _lru("agent_token_broker.api.params", "_parse_memo")),
         ("tag-set memo", _lru("agent_token_broker.tokens", "_tag_set")),
         ("scope memo", _lru("agent_token_broker.cache.keys", "_normalised_scopes")),

@@ -14,40 +14,13 @@ import argparse
 import io
 import pstats
 import shutil
-import subprocess
-import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
-from loadtests import procs
+from loadtests import procs, pyspy
 from loadtests.clients import warm
 from loadtests.context import HOT_PATH, Ctx, Options, agent_path
 from loadtests.scenarios_flows import mixed_requests
-
-
-def collapsed_top(path: Path, top: int) -> str:
-    """Top frames of a py-spy raw (collapsed stacks) file: by own samples and by total samples."""
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    out = [f"{samples} samples", "", "own %  total %  frame"]
-    for frame, n in own.most_common(top):
-        out.append(f"{100 * n / samples:5.1f}  {100 * total[frame] / samples:7.1f}  {frame}")
-    out += ["", "by total time:", "total %  own %  frame"]
-    for frame, n in total.most_common(top):
-        out.append(f"{100 * n / samples:7.1f}  {100 * own[frame] / samples:5.1f}  {frame}")
-    return "\n".join(out)
 
 
 def main() -> None:
@@ -76,15 +49,7 @@ def main() -> None:
             ctx.wrk(broker.url, reqs, 2.0)  # warm
             spy = None
             if args.tool == "py-spy":
-                beside = Path(sys.executable).parent / "py-spy"  # installed in this venv
-                binary = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
-                if binary is None:
-                    raise SystemExit("py-spy not found (pip install py-spy)")
-                spy = subprocess.Popen(
-                    [binary, "record", "--pid", str(broker.pid), "--duration", str(round(args.duration)),
-                     "--rate", "500", "--gil", "--format", "raw", "--nolineno", "--output", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                )  # fmt: skip
+                spy = pyspy.record(broker.pid, out, rate=500, max_seconds=round(args.duration))
             res = ctx.wrk(broker.url, reqs, args.duration + (1.0 if spy else 0.0), pid=broker.pid)
             if spy is not None:
                 _, err = spy.communicate(timeout=args.duration + 30)
@@ -98,7 +63,7 @@ def main() -> None:
         if args.save:
             shutil.copy(out, args.save)
         if args.tool == "py-spy":
-            print(collapsed_top(out, args.top))
+            print(pyspy.collapsed_top(out, args.top))
             return
         buf = io.StringIO()
         stats = pstats.Stats(str(out), stream=buf)

@@ -71,7 +71,10 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         return state.log.snapshot(int(since) if since else None)
 
     async def add_fault(request: web.Request) -> Any:
-        return {"id": state.faults.add(parse_fault(await _body(request)))}
+        fault = parse_fault(await _body(request))
+        if request.rel_url.query.get("replace") == "true":
+            state.faults.clear()  # in the same step: no request slips through between the two
+        return {"id": state.faults.add(fault)}
 
     async def list_faults(request: web.Request) -> Any:
         return {"faults": state.faults.active()}

@@ -146,9 +146,12 @@ class EmulatorAdmin:
         """
         return [e for e in self.log(since=since)["requests"] if e["endpoint"] == "token" and e["leg"] != "other"]
 
-    def fault(self, **kw: Any) -> str:
-        """Add a fault; keywords as the POST /_emulator/faults body. Returns its id."""
-        return str(self._call("POST", "faults", kw)["id"])
+    def fault(self, *, replace: bool = False, **kw: Any) -> str:
+        """Add a fault; keywords as the POST /_emulator/faults body. Returns its id.
+
+        ``replace``: clear every other fault (releasing hung requests) in the same step, so no
+        request is served fault-free between two phases of an outage."""
+        return str(self._call("POST", "faults", kw, params={"replace": "true"} if replace else None)["id"])
 
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")

@@ -163,3 +163,12 @@ def test_status_fault_throttling_code_on_http_400(emulator: EmulatorServer, admi
     for bad in ({"error_code": "x"}, {"error_code": -1}, {"error": "no spaces allowed"}):
         with pytest.raises(RuntimeError):
             admin.fault(target="token", mode="status", status=400, **bad)
+
+
+def test_a_replacing_fault_clears_the_others_in_the_same_step(emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    admin.fault(target="token", mode="status", status=503)
+    admin.fault(target="token", mode="status", status=429, retry_after=1, replace=True)  # the 503 goes
+    assert post_token(emulator, T1_FORM).status_code == 429
+    admin.fault(target="token", mode="status", status=500, count=1)  # added beside the 429, after it
+    assert post_token(emulator, T1_FORM).status_code == 429
+    assert [r["status"] for r in _token_entries(admin)] == [429, 429]

@@ -55,12 +55,11 @@ async def test_outage_is_ridden_out_from_cache_and_recovery_costs_one_request_pe
             admin.fault(target="token", mode="status", status=503, plain_text=True, count=2)
             admin.fault(target="token", mode="status", status=503)
             await asyncio.sleep(PHASE["503"])
-            admin.clear_faults()
-            admin.fault(target="token", mode="hang")
+            admin.fault(target="token", mode="hang", replace=True)  # no gap between the two phases
             hang_start = time.time()
             await asyncio.sleep(PHASE["hang"])
-            admin.clear_faults()  # releases the hung requests (closed without an answer)
-            admin.fault(target="token", mode="reset")
+            # releases the hung requests (closed without an answer) in the same step
+            admin.fault(target="token", mode="reset", replace=True)
             await asyncio.sleep(PHASE["reset"])
             during_outage = admin.last_seq()  # read before the faults clear: no success can slip in
             admin.clear_faults()

@@ -14,6 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from loadtests import procs
+
 
 def binary() -> str:
     beside = Path(sys.executable).parent / "py-spy"  # installed in this venv
@@ -34,13 +36,7 @@ def record(pid: int, out: Path, *, rate: int = 200, max_seconds: int = 3600, gil
 
 def stop(spy: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Stop sampling (SIGINT: py-spy writes what it has) and wait for the file."""
-    if spy.poll() is None:
-        spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(timeout)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait(5)
+    procs.stop_process(spy, timeout, signal.SIGINT)
 
 
 def collapsed_top(path: Path, top: int = 30, *, prefix_filter: str | None = None) -> str:
